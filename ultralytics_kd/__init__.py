@@ -1,0 +1,25 @@
+"""ultralytics-kd: knowledge distillation, re-parameterisable blocks and fused export for Ultralytics YOLO.
+
+Importing the package registers its blocks with Ultralytics' model parser and installs the fusion and safe-load hooks,
+so plain Ultralytics code (``YOLO("student.yaml")``, ``model.fuse()``, ``model.export()``) understands them.
+"""
+
+from ultralytics_kd.nn import install, register_block
+
+__version__ = "0.1.0"
+__all__ = ["KDDetectionLoss", "KDTrainer", "__version__", "install", "register_block"]
+
+install()
+
+
+def __getattr__(name: str):
+    """Import the training side lazily so that ``import ultralytics_kd`` stays cheap for inference and export."""
+    if name == "KDTrainer":
+        from ultralytics_kd.engine.trainer import KDTrainer
+
+        return KDTrainer
+    if name == "KDDetectionLoss":
+        from ultralytics_kd.distill.criterion import KDDetectionLoss
+
+        return KDDetectionLoss
+    raise AttributeError(f"module 'ultralytics_kd' has no attribute '{name}'")
