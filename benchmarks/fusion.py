@@ -1,0 +1,121 @@
+"""Latency of each student unfused, fused, and as a plain-conv twin of the fused shape, in PyTorch and ONNX Runtime.
+
+The twin is the same YAML with every plugin block replaced by its stock Ultralytics counterpart (RepGELAN ->
+RepNCSPELAN4, RepVGG -> Conv), fused by stock Ultralytics: the network a user would get without the plugin. Ratios
+come from one run with the variants measured round-robin, so machine noise hits them alike.
+
+    python benchmarks/fusion.py --imgsz 320 640 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from ultralytics.nn.tasks import DetectionModel
+
+import ultralytics_kd  # noqa: F401  (registers the blocks and the fusion hook)
+
+ROOT = Path(__file__).resolve().parents[1]
+TWIN = {"RepGELAN": "RepNCSPELAN4", "RepVGG": "Conv"}  # plugin block -> stock block of the same fused shape
+
+
+class _Head(nn.Module):
+    """Return only the decoded predictions, the tensor Ultralytics exports."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)[0]
+
+
+def variants(path: Path, nc: int) -> dict[str, nn.Module]:
+    """Unfused, fused and (when the YAML has plugin blocks with stock twins) the stock twin, all in eval mode."""
+    torch.manual_seed(0)
+    unfused = DetectionModel(str(path), nc=nc, verbose=False).eval()
+    out = {"unfused": unfused, "fused": copy.deepcopy(unfused).fuse(verbose=False)}
+    d = yaml.safe_load(path.read_text())
+    rows = d["backbone"] + d["head"]
+    if any(r[2] in TWIN for r in rows):
+        for r in rows:
+            r[2] = TWIN.get(r[2], r[2])
+        out["twin"] = DetectionModel(d, nc=nc, verbose=False).eval().fuse(verbose=False)
+    return out
+
+
+def _median_ms(fn, x, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def time_round_robin(fns: dict, x, warmup: int, runs: int, rounds: int = 5) -> dict[str, float]:
+    """Median latency (ms) of each callable, interleaving ``rounds`` chunks of ``runs / rounds`` calls."""
+    for fn in fns.values():
+        _median_ms(fn, x, warmup)
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k] += _median_ms(fn, x, max(runs // rounds, 1))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ort_session(model: nn.Module, imgsz: int, threads: int):
+    """Export with torch.onnx (no fusion of its own: the unfused variant stays unfused) and open an ORT session."""
+    import onnxruntime as ort
+
+    f = io.BytesIO()
+    x = torch.zeros(1, 3, imgsz, imgsz)
+    torch.onnx.export(_Head(model), x, f, opset_version=17, input_names=["images"], dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = threads
+    sess = ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
+    return lambda a: sess.run(None, {"images": a})
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    rows = []
+    for path in sorted((ROOT / "cfg" / "models").glob("*.yaml")):
+        models = variants(path, args.nc)
+        params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+        for imgsz in args.imgsz:
+            x = torch.rand(1, 3, imgsz, imgsz)
+            with torch.no_grad():
+                pt = time_round_robin({k: _Head(m) for k, m in models.items()}, x, args.warmup, args.runs)
+            sessions = {k: ort_session(m, imgsz, args.threads) for k, m in models.items()}
+            ox = time_round_robin(sessions, x.numpy(), args.warmup, args.runs)
+            for runtime, ms in (("PyTorch", pt), ("ONNX Runtime", ox)):
+                twin = f"{ms['twin']:.2f}" if "twin" in ms else "-"
+                vs_twin = f"{ms['fused'] / ms['twin']:.3f}" if "twin" in ms else "-"
+                rows.append(
+                    f"| {path.stem} | {imgsz} | {runtime} | {ms['unfused']:.2f} | {ms['fused']:.2f} | {twin} | "
+                    f"{ms['unfused'] / ms['fused']:.2f}x | {vs_twin} |"
+                )
+        print(f"{path.stem}: params unfused {params['unfused']:,}, fused {params['fused']:,}", flush=True)
+    print(f"\nbatch 1, {args.threads} thread(s), median of {args.runs} runs, {args.warmup} warm-up, nc={args.nc}\n")
+    print("| student | imgsz | runtime | unfused ms | fused ms | twin ms | unfused/fused | fused/twin |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--nc", type=int, default=80)
+    main(p.parse_args())
