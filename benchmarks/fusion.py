@@ -33,6 +33,7 @@ class _Head(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.eval()  # torch.onnx.export restores the wrapper's mode afterwards, and would leave the model training
 
     def forward(self, x):
         return self.model(x)[0]

@@ -1,0 +1,153 @@
+"""Each distillation term's value on hand-made tensors."""
+
+import math
+
+import pytest
+import torch
+
+from ultralytics_kd.distill.losses import (
+    TERMS,
+    ChannelWiseDistill,
+    ClassBCE,
+    ClassKL,
+    FeatureMSE,
+    LocalizationDistill,
+    ScoreWeightedL2,
+    anchor_mean,
+)
+
+
+def _inputs(term, seed=0):
+    """Random student/teacher inputs of the shape the term reads, plus context."""
+    g = torch.Generator().manual_seed(seed)
+    if term.source == "scores":
+        return torch.randn(2, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g), {}
+    if term.source == "boxes":
+        return torch.randn(2, 64, 10, generator=g), torch.randn(2, 64, 10, generator=g), {}
+    s = [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
+    t = [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
+    return s, t, {"level_weight": [torch.rand(2, 1, 9, generator=g), torch.rand(2, 1, 4, generator=g)]}
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_identical_inputs_give_zero(name):
+    """A student that matches its teacher exactly has nothing left to learn: every term reads 0."""
+    term = TERMS[name](weight=1.0, tau=2.0)
+    _, t, ctx = _inputs(term)
+    assert float(term(t, t, **ctx)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_gradient_reaches_student_only(name):
+    """The term is differentiable in the student's input and positive when inputs differ."""
+    term = TERMS[name](weight=1.0, tau=2.0)
+    s, t, ctx = _inputs(term)
+    s = [x.requires_grad_() for x in s] if isinstance(s, list) else s.requires_grad_()
+    loss = term(s, t, **ctx)
+    loss.backward()
+    assert loss.item() > 0 and math.isfinite(loss.item())
+    grads = [x.grad for x in s] if isinstance(s, list) else [s.grad]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_weight_scales_linearly(name):
+    """``weight`` multiplies the value."""
+    s, t, ctx = _inputs(TERMS[name]())
+    one, three = TERMS[name](weight=1.0, tau=2.0)(s, t, **ctx), TERMS[name](weight=3.0, tau=2.0)(s, t, **ctx)
+    assert float(three) == pytest.approx(3 * float(one), rel=1e-5)
+
+
+def test_cls_kl_known_value():
+    """Teacher softmax (0.75, 0.25) vs uniform student at T=1: KL = 0.75 ln 1.5 + 0.25 ln 0.5."""
+    t = torch.tensor([math.log(3.0), 0.0]).view(1, 2, 1)
+    s = torch.zeros(1, 2, 1)
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert float(ClassKL(tau=1.0)(s, t)) == pytest.approx(expected, rel=1e-6)
+    # T=2 with logits doubled gives the same distributions, so the value is the T=1 value times T^2 = 4
+    assert float(ClassKL(tau=2.0)(2 * s, 2 * t)) == pytest.approx(4 * expected, rel=1e-6)
+
+
+def test_cls_bce_known_value():
+    """Teacher sigmoid 0.5, student sigmoid 0.75: binary KL = 0.5 ln(2/3) + 0.5 ln 2, per class, times T^2."""
+    s = torch.full((1, 1, 1), math.log(3.0))
+    t = torch.zeros(1, 1, 1)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert float(ClassBCE(tau=1.0)(s, t)) == pytest.approx(expected, rel=1e-6)
+    assert float(ClassBCE(tau=2.0)(2 * s, 2 * t)) == pytest.approx(4 * expected, rel=1e-6)
+    # summed over classes: two identical classes give twice the value
+    assert float(ClassBCE(tau=1.0)(s.repeat(1, 2, 1), t.repeat(1, 2, 1))) == pytest.approx(2 * expected, rel=1e-6)
+
+
+def test_cls_bce_gradient_equals_plain_bce():
+    """Subtracting the teacher's entropy changes the value, not the gradient, of the BCE against soft targets."""
+    s = torch.randn(2, 3, 5, requires_grad=True)
+    t = torch.randn(2, 3, 5)
+    ClassBCE(tau=1.0)(s, t).backward()
+    s2 = s.detach().clone().requires_grad_()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(s2, t.sigmoid(), reduction="none").sum(1).mean()
+    bce.backward()
+    assert torch.allclose(s.grad, s2.grad, atol=1e-7)
+
+
+def test_ld_known_value():
+    """reg_max=2: uniform teacher bins vs student bins (0.75, 0.25) on every side."""
+    s = torch.tensor([math.log(3.0), 0.0] * 4).view(1, 8, 1)
+    t = torch.zeros(1, 8, 1)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert float(LocalizationDistill(tau=1.0)(s, t)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ld_reads_sides_from_the_detect_layout():
+    """Channels are side-major (side * reg_max + bin), as Detect emits and v8DetectionLoss reads them."""
+    t = torch.zeros(1, 8, 1)
+    s = t.clone()
+    s[0, 2:4, 0] = torch.tensor([math.log(3.0), 0.0])  # only side 1 differs
+    kl_side = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert float(LocalizationDistill(tau=1.0)(s, t)) == pytest.approx(kl_side / 4, rel=1e-6)
+
+
+def test_feat_mse_and_sl2_known_values():
+    """MSE of zeros vs ones is 1; sl2 only counts locations the teacher is confident about."""
+    s, t = torch.zeros(1, 2, 1, 2), torch.ones(1, 2, 1, 2)
+    t[..., 1] = 3.0  # error 1 at location 0, 9 at location 1
+    assert float(FeatureMSE()([s], [t])) == pytest.approx(5.0)
+    w = torch.tensor([[[1.0, 0.0]]])
+    assert float(ScoreWeightedL2()([s], [t], level_weight=[w])) == pytest.approx(1.0)
+    w = torch.tensor([[[0.0, 1.0]]])
+    assert float(ScoreWeightedL2()([s], [t], level_weight=[w])) == pytest.approx(9.0)
+
+
+def test_cwd_known_value():
+    """One channel over 2 locations: teacher spatial softmax (0.75, 0.25), student uniform."""
+    t = torch.tensor([math.log(3.0), 0.0]).view(1, 1, 1, 2)
+    s = torch.zeros(1, 1, 1, 2)
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert float(ChannelWiseDistill(tau=1.0)([s], [t])) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cwd_norm_ignores_scale_and_shift():
+    """With PKD normalisation a student that is an affine copy of the teacher (per channel) has nothing to learn."""
+    t = torch.randn(2, 3, 4, 4)
+    s = 5.0 * t + 2.0
+    assert float(ChannelWiseDistill(tau=1.0, norm=True)([s], [t])) == pytest.approx(0.0, abs=1e-5)
+    assert float(ChannelWiseDistill(tau=1.0, norm=False)([s], [t])) > 0.1
+
+
+def test_anchor_mean_weights():
+    """Confidence weighting averages only where the weight is."""
+    loss = torch.tensor([[1.0, 3.0]])
+    assert float(anchor_mean(loss)) == 2.0
+    assert float(anchor_mean(loss, torch.tensor([[1.0, 0.0]]))) == 1.0
+    assert float(anchor_mean(loss, torch.tensor([[1.0, 1.0]]))) == 2.0
+
+
+def test_registry_rejects_a_clash():
+    """Recipes name terms, so two terms may not share a name."""
+    from ultralytics_kd.distill.losses import KDTerm, register_term
+
+    class Fake(KDTerm):
+        name, item = "cls_bce", "kd_fake"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_term(Fake)

@@ -1,0 +1,305 @@
+"""KDTrainer end to end at tiny sizes: frozen teacher, gradients, columns, checkpoints, resume, DDP args, bad input."""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import zipfile
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
+
+from ultralytics_kd import KDTrainer
+from ultralytics_kd.distill.settings import kd_args
+
+ALL_TERMS = "cls_bce+cls_kl+ld+feat_mse+cwd+sl2"
+KD_COLUMNS = ["kd_cls", "kd_kl", "kd_ld", "kd_mse", "kd_cwd", "kd_sl2"]
+
+
+class SpyTrainer(KDTrainer):
+    """Records, at every optimizer step, where gradients are and whether the teacher stayed frozen."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher_before = {k: v.clone() for k, v in self.teacher.state_dict().items()}
+        self.steps = []
+
+    def optimizer_step(self):
+        student = [p for p in self.model.parameters() if p.requires_grad]
+        self.steps.append(
+            {
+                "student": sum(float(p.grad.abs().sum()) for p in student if p.grad is not None),
+                "adapters": {
+                    name: all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+                    for name, m in self.kd_connectors.items()
+                },
+                "teacher_grad": any(p.grad is not None or p.requires_grad for p in self.teacher.parameters()),
+                "teacher_training": any(m.training for m in self.teacher.modules()),
+            }
+        )
+        super().optimizer_step()
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _csv(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def kd_run(data_yaml, teacher_pt, tiny, tmp_path_factory):
+    """Distil the 1-epoch yolov8s teacher into yolov8n with every term at once, for 2 epochs."""
+    handler = _Capture()
+    LOGGER.addHandler(handler)
+    try:
+        model = YOLO("yolov8n.yaml")
+        model.train(
+            trainer=SpyTrainer,
+            teacher=str(teacher_pt),
+            data=str(data_yaml),
+            epochs=2,
+            kd_recipe=ALL_TERMS,
+            kd_max_ratio=0.0,
+            project=str(tmp_path_factory.mktemp("kd_run")),
+            name="kd",
+            **tiny,
+        )
+    finally:
+        LOGGER.removeHandler(handler)
+    return model, model.trainer, handler.messages
+
+
+@pytest.fixture(scope="module")
+def plain_run(data_yaml, tiny, tmp_path_factory):
+    """The same student trained without distillation, for checkpoint comparison."""
+    model = YOLO("yolov8n.yaml")
+    model.train(data=str(data_yaml), epochs=1, project=str(tmp_path_factory.mktemp("plain")), name="p", **tiny)
+    return model.trainer
+
+
+def test_teacher_is_frozen_and_bit_identical(kd_run):
+    _, trainer, _ = kd_run
+    after = trainer.teacher.state_dict()
+    assert trainer.teacher_before.keys() == after.keys()
+    assert all(torch.equal(trainer.teacher_before[k], after[k].cpu()) for k in after)  # incl. BN running stats
+    assert trainer.steps and not any(s["teacher_grad"] or s["teacher_training"] for s in trainer.steps)
+    teacher_ids = {id(p) for p in trainer.teacher.parameters()}
+    assert not any(id(p) in teacher_ids for g in trainer.optimizer.param_groups for p in g["params"])
+
+
+def test_gradients_reach_student_and_adapters(kd_run):
+    _, trainer, _ = kd_run
+    assert all(s["student"] > 0 for s in trainer.steps)
+    assert set(trainer.steps[0]["adapters"]) == {"feat_mse", "cwd", "sl2"}
+    assert all(all(s["adapters"].values()) for s in trainer.steps)
+    adapter_group = [g for g in trainer.optimizer.param_groups if g.get("param_group") == "kd_adapter"]
+    assert len(adapter_group) == 1 and len(adapter_group[0]["params"]) == len(list(trainer.kd_connectors.parameters()))
+
+
+def test_kd_columns_in_results_csv_finite_and_nonzero(kd_run):
+    _, trainer, _ = kd_run
+    rows = _csv(trainer.csv)
+    assert len(rows) == 2
+    for row in rows:
+        for col in KD_COLUMNS:
+            v = float(row[f"train/{col}"])
+            assert math.isfinite(v) and v > 0, (col, v)
+            assert float(row[f"val/{col}"]) == 0.0  # validation scores the student only
+    assert trainer.loss_names == ("box_loss", "cls_loss", "dfl_loss", *KD_COLUMNS)
+
+
+def test_teacher_check_ran_and_warned(kd_run):
+    _, trainer, warnings = kd_run
+    assert trainer.kd_teacher_metrics is not None and "metrics/mAP50(B)" in trainer.kd_teacher_metrics
+    assert any("teacher reaches only mAP50" in m for m in warnings)
+
+
+def test_checkpoint_holds_no_teacher(kd_run, plain_run, teacher_pt):
+    _, trainer, _ = kd_run
+    for f in (trainer.last, trainer.best):
+        ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        plain = torch.load(plain_run.last, map_location="cpu", weights_only=False)
+        student = ckpt["model"]
+        assert student.state_dict().keys() == plain["model"].state_dict().keys()
+        assert getattr(student, "criterion", None) is None
+        assert not any(m._forward_hooks for m in student.modules())
+        assert set(ckpt) - set(plain) == {"kd"}
+        assert ckpt["kd"]["teacher"] == str(teacher_pt) and len(ckpt["kd"]["teacher_sha256"]) == 64
+        with zipfile.ZipFile(f) as z:  # nothing in the pickle needs this plugin to load
+            pkl = next(n for n in z.namelist() if n.endswith("data.pkl"))
+            assert b"ultralytics_kd" not in z.read(pkl)
+    extra = trainer.last.stat().st_size - plain_run.last.stat().st_size
+    adapters = sum(v.numel() * v.element_size() for v in trainer.kd_connectors.state_dict().values())
+    assert extra < adapters + 200_000  # the "kd" key: adapter weights and a few settings
+    assert extra < teacher_pt.stat().st_size / 5  # a teacher inside would add ~20 MB
+
+
+def test_student_loads_in_plain_ultralytics(kd_run, data_yaml):
+    _, trainer, _ = kd_run
+    model = YOLO(trainer.best)
+    assert model.predict(torch.zeros(1, 3, 64, 64), verbose=False)[0].boxes is not None
+    metrics = model.val(data=str(data_yaml), imgsz=64, batch=4, plots=False, device="cpu", verbose=False)
+    assert 0.0 <= metrics.box.map <= 1.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_continues_with_same_teacher_and_settings(data_yaml, teacher_pt, tiny, tmp_path):
+    settings = dict(kd_recipe="cls_bce+cwd", kd_T=3.0, kd_weights=[1.0, 0.5], kd_teacher_check=False)
+    model = YOLO("yolov8n.yaml")
+
+    def stop_after_first_save(trainer):
+        raise _Stop
+
+    model.add_callback("on_model_save", stop_after_first_save)
+    with pytest.raises(_Stop):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, project=str(tmp_path), name="r",
+            **settings, **tiny,
+        )  # fmt: skip
+    last = tmp_path / "r" / "weights" / "last.pt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 0 and saved["kd"]["settings"]["kd_recipe"] == "cls_bce+cwd"
+
+    seen = {}
+
+    def capture(trainer):
+        seen["connectors"] = {k: v.clone().cpu() for k, v in trainer.kd_connectors.state_dict().items()}
+
+    resumed = YOLO(last)
+    resumed.add_callback("on_pretrain_routine_end", capture)
+    resumed.train(trainer=KDTrainer, resume=True)
+    trainer = resumed.trainer
+    assert trainer.start_epoch == 1 and trainer.args.teacher == str(teacher_pt)
+    assert {k: kd_args(trainer.args)[k] for k in settings} == settings
+    assert [t.name for t in trainer.kd_terms] == ["cls_bce", "cwd"] and trainer.kd_terms[0].tau == 3.0
+    assert all(torch.equal(seen["connectors"][k], v) for k, v in saved["kd"]["connectors"].items())
+    assert len(_csv(trainer.csv)) == 2 and float(_csv(trainer.csv)[-1]["train/kd_cwd"]) > 0
+
+
+def test_ddp_args_round_trip(data_yaml, teacher_pt, tiny, tmp_path):
+    """DDP workers rebuild the trainer from vars(trainer.args) over DEFAULT_CFG_DICT; the KD settings must survive."""
+    first = KDTrainer(
+        overrides=dict(
+            model="yolov8n.yaml", data=str(data_yaml), teacher=str(teacher_pt), kd_recipe="cls_kl+cwd", kd_T=3.0,
+            kd_weights=[1.0, 0.5], kd_warmup=1.5, project=str(tmp_path), name="ddp", **tiny,
+        )
+    )  # fmt: skip
+    state = pickle.loads(pickle.dumps(vars(first.args)))  # generate_ddp_file pickles this dict
+    second = KDTrainer(cfg={**DEFAULT_CFG_DICT, "save_dir": ""}, overrides=state)
+    assert kd_args(second.args) == kd_args(first.args)
+    assert second.args.teacher == str(teacher_pt) and second.kd_teacher_sha256 == first.kd_teacher_sha256
+    assert second.save_dir == first.save_dir
+
+
+def test_yaml_teacher_with_weights(data_yaml, teacher_pt, tiny, tmp_path):
+    trainer = KDTrainer(
+        overrides=dict(
+            model="yolov8n.yaml", data=str(data_yaml), teacher="yolov8s.yaml", kd_teacher_weights=str(teacher_pt),
+            project=str(tmp_path), name="y", **tiny,
+        )
+    )  # fmt: skip
+    reference = YOLO(teacher_pt).model.float().state_dict()
+    assert all(torch.equal(v.cpu(), reference[k]) for k, v in trainer.teacher.model.state_dict().items())
+
+
+def test_custom_feature_layers_and_cross_family(data_yaml, teacher_pt, tiny, tmp_path):
+    """yolov9t student, yolov8s teacher, backbone layers paired explicitly: hooks never outlive a batch."""
+    model = YOLO("yolov9t.yaml")
+    model.train(
+        trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_recipe="cwd+cls_bce",
+        kd_feat_layers=[4, 6, 8], kd_teacher_feat_layers=[4, 6, 9], kd_teacher_check=False, project=str(tmp_path),
+        name="c", **tiny,
+    )  # fmt: skip
+    trainer = model.trainer
+    assert float(_csv(trainer.csv)[0]["train/kd_cwd"]) > 0
+    assert not any(m._forward_hooks for m in trainer.model.modules())
+    assert not any(m._forward_hooks for m in trainer.teacher.modules())
+
+
+def test_end2end_teacher_uses_one2many_and_drops_ld(data_yaml, tiny, tmp_path, untrained):
+    """A YOLO26 (end-to-end, reg_max=1) teacher: its one2many branch is distilled; LD cannot run and is dropped."""
+    teacher = untrained("yolo26n.yaml", tmp_path / "y26.pt")
+    handler = _Capture()
+    LOGGER.addHandler(handler)
+    try:
+        model = YOLO("yolov8n.yaml")
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher), data=str(data_yaml), epochs=1, kd_recipe="cls_bce+ld+cwd",
+            kd_teacher_check=False, project=str(tmp_path), name="e", **tiny,
+        )  # fmt: skip
+    finally:
+        LOGGER.removeHandler(handler)
+    assert [t.name for t in model.trainer.kd_terms] == ["cls_bce", "cwd"]
+    assert any("LD compares DFL bins and is switched off" in m for m in handler.messages)
+    assert float(_csv(model.trainer.csv)[0]["train/kd_cls"]) > 0
+
+
+# bad input: every error is raised before the first batch ------------------------------------------------------------
+def _no_batches(trainer):
+    raise AssertionError("training reached a batch")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"teacher": "missing.pt"}, FileNotFoundError, "teacher='missing.pt' not found"),
+        ({"teacher": None}, ValueError, "needs a teacher"),
+        ({"kd_T": 0}, ValueError, "kd_T=0.0 must be > 0"),
+        ({"kd_alpha": 2}, ValueError, r"kd_alpha=2.0 must be in \[0, 1\]"),
+        ({"kd_recipe": "cls_bce+focal"}, ValueError, "unknown term"),
+        ({"kd_weights": [1, -1]}, ValueError, "negative weight"),
+        ({"kd_tmp": 2}, SyntaxError, "'kd_tmp' is not a valid YOLO argument"),
+        ({"compile": True, "kd_feat_layers": [4, 6, 9]}, ValueError, "compile=True is not supported"),
+        ({"teacher": "yolov8s.yaml"}, ValueError, "also pass kd_teacher_weights"),
+    ],
+)
+def test_bad_settings_fail_before_anything_runs(kwargs, error, match, data_yaml, teacher_pt, tiny, tmp_path):
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_batch_start", _no_batches)
+    args = dict(teacher=str(teacher_pt), data=str(data_yaml), epochs=1, project=str(tmp_path), name="bad", **tiny)
+    with pytest.raises(error, match=match):
+        model.train(trainer=KDTrainer, **{**args, **kwargs})
+    if error is not SyntaxError and "teacher" not in kwargs:
+        assert not (tmp_path / "bad").exists()  # value checks run before the run directory is created
+
+
+@pytest.mark.parametrize(
+    "teacher_cfg, student_cfg, nc, names, match",
+    [
+        ("yolov8n-cls.yaml", "yolov8n.yaml", None, None, "is a classify model"),
+        ("yolov8n-seg.yaml", "yolov8n.yaml", None, None, "is a segment model"),
+        ("yolov8n.yaml", "yolov8n.yaml", 3, None, "teacher classes"),
+        ("yolov8n.yaml", "yolov8n.yaml", None, ("a", "b"), "teacher classes"),
+        ("yolov8n-p2.yaml", "yolov8n.yaml", None, None, "detection levels"),
+        ("yolov8n-p2.yaml", "yolov8n-p6.yaml", None, None, "strides"),
+        ("yolov8n.yaml", "yolo26n.yaml", None, None, "end-to-end students"),
+    ],
+)
+def test_incompatible_teacher_fails_before_training(
+    teacher_cfg, student_cfg, nc, names, match, data_yaml, tiny, tmp_path, untrained
+):
+    kw = {"names": names} if names else {}
+    teacher = untrained(teacher_cfg, tmp_path / "t.pt", nc=nc, **kw)
+    model = YOLO(student_cfg)
+    model.add_callback("on_train_batch_start", _no_batches)
+    with pytest.raises((ValueError, NotImplementedError), match=match):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher), data=str(data_yaml), epochs=1, project=str(tmp_path), name="x",
+            **tiny,
+        )  # fmt: skip

@@ -1,0 +1,46 @@
+"""Connectors: tiny trainable modules whose only job is to map student features to the teacher's channel count.
+
+They are trained with the student (their own optimizer group) but live outside the student model, so they never reach
+a student checkpoint's model; the trainer saves their weights beside it for resuming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["ChannelAdapter", "build_connectors"]
+
+
+class ChannelAdapter(nn.Sequential):
+    """1x1 convolution plus BatchNorm from ``c_student`` to ``c_teacher`` channels.
+
+    Args:
+        c_student (int): Student channels.
+        c_teacher (int): Teacher channels.
+
+    Examples:
+        >>> import torch
+        >>> ChannelAdapter(16, 32)(torch.zeros(2, 16, 4, 4)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+
+    def __init__(self, c_student: int, c_teacher: int):
+        """Build conv + BN; BN keeps the adapted maps on a scale the loss can compare whatever the student's scale."""
+        super().__init__(nn.Conv2d(c_student, c_teacher, 1, bias=False), nn.BatchNorm2d(c_teacher))
+
+
+def build_connectors(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
+    """One adapter per feature level.
+
+    Args:
+        student_channels (Sequence[int]): Channels of each student level.
+        teacher_channels (Sequence[int]): Channels of the paired teacher levels.
+
+    Returns:
+        (nn.ModuleList): Adapters in level order.
+    """
+    if len(student_channels) != len(teacher_channels):
+        raise ValueError(f"{len(student_channels)} student levels but {len(teacher_channels)} teacher levels")
+    return nn.ModuleList(ChannelAdapter(s, t) for s, t in zip(student_channels, teacher_channels))

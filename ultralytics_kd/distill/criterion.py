@@ -1,0 +1,138 @@
+"""KDDetectionLoss: the stock YOLO detection loss plus a recipe of distillation terms.
+
+It keeps Ultralytics' 8.4 criterion contract, ``(loss_vector * batch_size, {name: detached value})``: the trainer sums
+the vector for backward and derives its loss columns from the dict on the first batch, so every term's column reaches
+the progress bar, results.csv and results.png with no special case.
+
+The teacher is not held here. The trainer runs it on each training batch and passes its outputs in ``batch["kd"]``
+(a ``KDBatch``); the model's criterion is deep-copied into the EMA and pickled with it, and nothing that heavy should
+travel along. A batch without ``"kd"`` (validation) reports every term as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.utils.loss import v8DetectionLoss
+
+from ultralytics_kd.distill.losses import KDTerm
+from ultralytics_kd.distill.recorders import FeatureRecorder
+
+__all__ = ["KDBatch", "KDDetectionLoss"]
+
+
+@dataclass
+class KDBatch:
+    """What one training batch contributes to distillation.
+
+    Attributes:
+        teacher (dict | None): Teacher outputs ``{"boxes", "scores", "feats"}``; None when distillation is off.
+        scale (float): Schedule multiplier for every term (warm-up, decay, off).
+        epoch (int): Epoch index, for error messages.
+        index (int): Batch index within the epoch, for error messages.
+        student_recorder (FeatureRecorder | None): Hooks on the student's custom feature layers, or None to use the
+            Detect head's inputs.
+    """
+
+    teacher: dict[str, Any] | None
+    scale: float = 1.0
+    epoch: int = 0
+    index: int = 0
+    student_recorder: FeatureRecorder | None = None
+
+
+class KDDetectionLoss(v8DetectionLoss):
+    """Stock box/cls/dfl loss plus distillation terms.
+
+    total = alpha * (box + cls + dfl) + sum_i scale * min(1, cap_i) * term_i, where ``cap_i`` keeps each term at most
+    ``max_ratio`` times the detection loss (computed on detached values, so it rescales without changing direction).
+
+    Args:
+        model (nn.Module): Student detection model (de-paralleled), as for ``v8DetectionLoss``.
+        terms (Sequence[KDTerm]): Distillation terms; each reports under its ``item`` key.
+        alpha (float): Weight of the detection loss.
+        conf_weight (bool): Pass the teacher's per-anchor confidence to anchor-level terms as ``anchor_weight``.
+        connectors (dict[str, nn.ModuleList], optional): Adapters per feature term name, one per level.
+        max_ratio (float): Cap of each term relative to the detection loss; 0 disables the cap.
+        tal_topk (int): Task-aligned assigner top-k, as for ``v8DetectionLoss``.
+
+    Examples:
+        >>> from ultralytics.nn.tasks import DetectionModel
+        >>> from ultralytics.cfg import get_cfg
+        >>> from ultralytics_kd.distill.losses import ClassBCE
+        >>> m = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+        >>> m.args = get_cfg()
+        >>> crit = KDDetectionLoss(m, [ClassBCE(tau=2.0)])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        terms: Sequence[KDTerm],
+        alpha: float = 1.0,
+        conf_weight: bool = False,
+        connectors: dict[str, nn.ModuleList] | None = None,
+        max_ratio: float = 0.0,
+        tal_topk: int = 10,
+    ):
+        """Build the stock loss and keep the terms."""
+        super().__init__(model, tal_topk=tal_topk)
+        self.terms = nn.ModuleList(terms)
+        items = [t.item for t in self.terms]
+        if len(set(items)) != len(items):
+            raise ValueError(f"two terms report under the same column: {items}")
+        self.alpha = float(alpha)
+        self.conf_weight = conf_weight
+        self.connectors = nn.ModuleDict(connectors or {})
+        self.max_ratio = float(max_ratio)
+        for t in self.terms:
+            if t.source == "feats" and t.name not in self.connectors:
+                raise ValueError(f"feature term '{t.name}' needs connectors (one adapter per level)")
+
+    def loss(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Detection loss plus the distillation terms, in the stock contract."""
+        det, items = super().loss(preds, batch)
+        bs = preds["scores"].shape[0]
+        kd: KDBatch | None = batch.get("kd")
+        if kd is None or kd.teacher is None or not len(self.terms):
+            if kd is not None and kd.student_recorder is not None:
+                kd.student_recorder.stop()
+            kd_vec = det.new_zeros(len(self.terms))
+        else:
+            kd_vec = self._terms(preds, kd, det_per_image=det.detach().sum() / bs)
+        items.update({t.item: v for t, v in zip(self.terms, kd_vec.detach())})
+        return torch.cat([det * self.alpha, kd_vec * bs]), items
+
+    def _terms(self, preds: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor) -> torch.Tensor:
+        """Evaluate every term in fp32 and apply schedule and cap."""
+        feats = kd.student_recorder.pop() if kd.student_recorder is not None else preds["feats"]
+        student = {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats}
+        teacher = kd.teacher
+        with torch.autocast(preds["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
+            conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
+            sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]
+            context = {
+                "anchor_weight": conf if self.conf_weight else None,
+                "level_weight": [w.unsqueeze(1) for w in conf.split(sizes, dim=1)],
+            }
+            values = []
+            for term in self.terms:
+                s, t = student[term.source], teacher[term.source]
+                if term.source == "feats":
+                    s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
+                values.append(term(s, t, **context))
+            vec = torch.stack(values) * kd.scale
+        if not torch.isfinite(vec).all():  # one host sync per batch for all terms
+            bad = [(t.name, float(v)) for t, v in zip(self.terms, vec.detach()) if not torch.isfinite(v)]
+            raise FloatingPointError(
+                f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
+                f"{bad}); lower kd_T/kd_weights or lr0, or check the teacher's outputs"
+            )
+        if self.max_ratio > 0:  # a term may not swamp the detection loss (why native distillation hurt on BCCD)
+            cap = self.max_ratio * det_per_image
+            vec = vec * (cap / vec.detach().clamp_min(1e-12)).clamp(max=1.0)
+        return vec

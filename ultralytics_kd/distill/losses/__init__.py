@@ -1,0 +1,22 @@
+"""Distillation terms, one per file, registered by name for recipes."""
+
+from ultralytics_kd.distill.losses.base import TERMS, KDTerm, anchor_mean, register_term
+from ultralytics_kd.distill.losses.cls_bce import ClassBCE
+from ultralytics_kd.distill.losses.cls_kl import ClassKL
+from ultralytics_kd.distill.losses.cwd import ChannelWiseDistill
+from ultralytics_kd.distill.losses.feat_mse import FeatureMSE
+from ultralytics_kd.distill.losses.ld import LocalizationDistill
+from ultralytics_kd.distill.losses.sl2 import ScoreWeightedL2
+
+__all__ = [
+    "TERMS",
+    "ChannelWiseDistill",
+    "ClassBCE",
+    "ClassKL",
+    "FeatureMSE",
+    "KDTerm",
+    "LocalizationDistill",
+    "ScoreWeightedL2",
+    "anchor_mean",
+    "register_term",
+]

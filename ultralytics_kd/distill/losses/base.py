@@ -1,0 +1,67 @@
+"""The contract every distillation term follows, and the registry that names them.
+
+A term is a small ``nn.Module`` whose ``forward(student, teacher, **context)`` returns a weighted scalar. It declares
+which model output it reads (``source``: the class ``scores``, the DFL ``boxes`` or the ``feats`` maps) and the column
+it reports under (``item``), so the criterion that composes a recipe needs no per-term code.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+__all__ = ["TERMS", "KDTerm", "anchor_mean", "register_term"]
+
+TERMS: dict[str, type[KDTerm]] = {}
+
+
+class KDTerm(nn.Module):
+    """Base class of a distillation term.
+
+    Args:
+        weight (float): Loss weight multiplied into the returned value.
+        tau (float): Temperature; terms without one ignore it.
+
+    Attributes:
+        name (str): Registry key used in recipes, e.g. ``"cls_bce"``.
+        item (str): Loss-dict key the term reports under, e.g. ``"kd_cls"``.
+        source (str): Which output the term reads: ``"scores"``, ``"boxes"`` or ``"feats"``.
+    """
+
+    name: ClassVar[str] = ""
+    item: ClassVar[str] = ""
+    source: ClassVar[str] = "scores"
+
+    def __init__(self, weight: float = 1.0, tau: float = 1.0):
+        """Store the weight and temperature."""
+        super().__init__()
+        self.weight = float(weight)
+        self.tau = float(tau)
+
+    def extra_repr(self) -> str:
+        """Show weight and temperature when the module is printed."""
+        return f"weight={self.weight:g}, tau={self.tau:g}"
+
+
+def register_term(cls: type[KDTerm]) -> type[KDTerm]:
+    """Register a term class under its ``name``; a clash is an error, since recipes refer to terms by name."""
+    if not cls.name or not cls.item:
+        raise ValueError(f"{cls.__name__} must set class attributes 'name' and 'item'")
+    if cls.name in TERMS and TERMS[cls.name] is not cls:
+        raise ValueError(f"KD term name '{cls.name}' is already registered by {TERMS[cls.name].__name__}")
+    TERMS[cls.name] = cls
+    return cls
+
+
+def anchor_mean(per_anchor: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Average a (B, A) per-anchor loss, optionally weighted per anchor (e.g. by teacher confidence).
+
+    The weighted form divides by the weight sum, so the scale of the loss does not depend on how confident the teacher
+    is overall, only on where its confidence lies.
+    """
+    if weight is None:
+        return per_anchor.mean()
+    weight = weight.to(per_anchor.dtype)
+    return (per_anchor * weight).sum() / weight.sum().clamp_min(1e-6)

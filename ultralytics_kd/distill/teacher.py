@@ -1,0 +1,163 @@
+"""Load, check and freeze the teacher.
+
+The teacher is any trained Ultralytics detection model, of any family: only what the distillation terms compare must
+match the student (classes, strides, number of detection levels). End-to-end teachers (YOLOv10, YOLO26) emit both a
+one-to-many and a one-to-one branch; the one-to-many branch is distilled, since it is the dense, NMS-style output the
+student's own loss trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.nn.modules.head import Detect
+from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
+
+__all__ = ["FrozenTeacher", "check_pair", "file_sha256", "load_teacher"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, to notice a teacher file replaced between a run and its resume."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_pt(path: Path) -> nn.Module:
+    try:
+        return load_checkpoint(path)[0]
+    except Exception as e:  # any unreadable or foreign file: one message with the fix
+        raise ValueError(
+            f"teacher '{path}' is not a loadable Ultralytics checkpoint ({type(e).__name__}: {e}). Pass the best.pt "
+            f"of an Ultralytics detection training run"
+        ) from e
+
+
+def load_teacher(path: str | Path | None, weights: str | Path | None = None, nc: int | None = None, ch: int = 3):
+    """Load a teacher detection model, in fp32 and eval mode.
+
+    Args:
+        path (str | Path | None): A trained ``.pt`` checkpoint, or a model YAML (then ``weights`` is required).
+        weights (str | Path, optional): Checkpoint whose weights fill a YAML teacher (all tensors must match).
+        nc (int, optional): Classes for a YAML teacher.
+        ch (int): Input channels for a YAML teacher.
+
+    Returns:
+        (DetectionModel): The teacher.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+        ValueError: Not a detection model, or weights that do not fit the YAML.
+    """
+    if not path:
+        raise ValueError("distillation needs a teacher: pass teacher=path/to/teacher.pt")
+    path = Path(path)
+    is_yaml = path.suffix in {".yaml", ".yml"}
+    for p in (weights, None if is_yaml else path):  # stock YAML names (yolov8s.yaml) resolve inside Ultralytics
+        if p is not None and not Path(p).is_file():
+            raise FileNotFoundError(f"teacher file '{p}' not found; pass teacher=path/to/teacher.pt (an existing file)")
+    if is_yaml:
+        if weights is None:
+            raise ValueError(
+                f"teacher '{path}' is a YAML, which would give a randomly initialised teacher; also pass "
+                f"kd_teacher_weights=path/to/weights.pt, or pass the trained .pt as teacher="
+            )
+        model = DetectionModel(str(path), nc=nc, ch=ch, verbose=False)
+        src_model = _load_pt(Path(weights))
+        model.names = getattr(src_model, "names", model.names)  # class names travel with the weights, not the YAML
+        src, dst = src_model.float().state_dict(), model.state_dict()
+        if bad := [k for k, v in dst.items() if k not in src or src[k].shape != v.shape]:
+            raise ValueError(
+                f"kd_teacher_weights='{weights}' does not fit teacher YAML '{path}' ({len(bad)} of {len(dst)} tensors "
+                f"missing or mis-shaped, e.g. {bad[:3]}); pass the YAML the weights were trained with"
+            )
+        model.load_state_dict({k: src[k] for k in dst})
+    else:
+        model = _load_pt(path)
+    # the head decides, not model.task: a checkpoint's task comes from its train args, which may be missing
+    task = guess_model_task(model.yaml) if isinstance(getattr(model, "yaml", None), dict) else guess_model_task(model)
+    head = model.model[-1] if hasattr(model, "model") else None
+    if task != "detect" or not isinstance(head, Detect):
+        raise ValueError(
+            f"teacher '{path}' is a {task} model ({type(head).__name__} head); distillation needs a detection teacher "
+            f"(task=detect), e.g. the best.pt of 'yolo detect train'"
+        )
+    return model.float().eval()
+
+
+def check_pair(teacher: nn.Module, student: nn.Module | None = None, data: dict[str, Any] | None = None) -> list[str]:
+    """Check that teacher and student (and dataset) can be distilled; return warnings for what only disables a term.
+
+    Args:
+        teacher (nn.Module): Teacher detection model.
+        student (nn.Module, optional): Student detection model (stride computed); skipped when None.
+        data (dict, optional): Dataset dict with ``nc`` and ``names``; skipped when None.
+
+    Returns:
+        (list[str]): Warnings; currently ``"reg_max"`` when the DFL bins differ (LD cannot run).
+
+    Raises:
+        ValueError: Classes, names, strides or detection levels differ.
+    """
+    th = teacher.model[-1]
+    sh = student.model[-1] if student is not None else None
+    if data is not None:
+        names = list(data["names"].values()) if isinstance(data["names"], dict) else list(data["names"])
+        t_names = list(teacher.names.values()) if isinstance(teacher.names, dict) else list(teacher.names)
+        if th.nc != data["nc"] or t_names != names:
+            raise ValueError(
+                f"teacher classes ({th.nc}: {t_names}) differ from the dataset's ({data['nc']}: {names}); train the "
+                f"teacher on this dataset (same class list and order) or pass a teacher that was"
+            )
+    if student is None:
+        return []
+    if th.nl != sh.nl:
+        raise ValueError(
+            f"teacher has {th.nl} detection levels, student {sh.nl}; pick a teacher/student pair with the same "
+            f"number of Detect inputs (e.g. both P3-P5)"
+        )
+    ts, ss = teacher.stride.detach().cpu().float(), student.stride.detach().cpu().float()
+    if not torch.equal(ts, ss):
+        raise ValueError(
+            f"teacher strides {ts.tolist()} differ from student strides {ss.tolist()}; anchors must line up, so pick a "
+            f"pair with the same strides (e.g. both P3-P5 = [8, 16, 32])"
+        )
+    return ["reg_max"] if th.reg_max != sh.reg_max else []
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that stays in eval mode, never requires grad and returns its one-to-many head outputs.
+
+    Args:
+        model (nn.Module): Teacher detection model.
+
+    Examples:
+        >>> from ultralytics.nn.tasks import DetectionModel
+        >>> t = FrozenTeacher(DetectionModel("yolov8n.yaml", verbose=False))
+        >>> out = t(torch.zeros(1, 3, 64, 64))
+        >>> sorted(out)
+        ['boxes', 'feats', 'scores']
+    """
+
+    def __init__(self, model: nn.Module):
+        """Wrap and freeze."""
+        super().__init__()
+        self.model = model.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        """Stay in eval mode whatever is asked: BatchNorm statistics must never move with the student's batches."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, img: torch.Tensor) -> dict[str, Any]:
+        """Run the teacher and return ``{"boxes", "scores", "feats"}`` of its one-to-many branch."""
+        out = self.model(img.to(next(self.model.parameters()).dtype))
+        preds = out[1] if isinstance(out, tuple) else out
+        return preds.get("one2many", preds)

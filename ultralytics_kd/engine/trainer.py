@@ -1,0 +1,311 @@
+"""KDTrainer: Ultralytics' DetectionTrainer plus a frozen teacher and a distillation criterion.
+
+Every change is a short override of a trainer hook; the training loop, EMA, validation, checkpointing, close_mosaic,
+AMP and DDP are Ultralytics' own:
+
+- ``__init__``: accepts ``teacher`` and the ``kd_*`` keys (defaults in ``cfg/kd.yaml``) as ordinary train arguments by
+  adding them to the base config the stock key check compares against, so typos in any key are still rejected and the
+  settings live in ``self.args`` (hence in ``vars(args)`` for DDP, ``args.yaml`` and the checkpoint's ``train_args``
+  that ``resume`` restores). Loads and checks the teacher against the dataset.
+- ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
+- ``build_optimizer``: adds the adapters as one more parameter group.
+- ``_setup_train``: installs ``KDDetectionLoss`` on the student, after the EMA copy (so neither the EMA nor its
+  checkpoints carry it), then validates the teacher once.
+- ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``.
+- ``save_model``: adds a ``"kd"`` key (teacher path and hash, settings, adapter weights) to the checkpoints.
+
+Examples:
+    >>> from ultralytics import YOLO
+    >>> from ultralytics_kd import KDTrainer
+    >>> YOLO("yolov9t.yaml").train(trainer=KDTrainer, teacher="teacher.pt", data="data.yaml", epochs=100)
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import contextmanager, nullcontext
+from copy import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from ultralytics.cfg import cfg2dict
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ultralytics_kd.distill.connectors import build_connectors
+from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss
+from ultralytics_kd.distill.recipes import get_recipe
+from ultralytics_kd.distill.recorders import FeatureRecorder
+from ultralytics_kd.distill.schedule import kd_scale
+from ultralytics_kd.distill.settings import KD_DEFAULTS, check_kd_args, kd_args
+from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, file_sha256, load_teacher
+
+__all__ = ["KDTrainer"]
+
+PREFIX = colorstr("KD:")
+
+
+@contextmanager
+def _stock_args(args):
+    """Hide the ``teacher``/``kd_*`` attributes of ``args`` for a block that re-checks them against stock keys.
+
+    Validators rebuild their config from a copy of the trainer's args with the strict stock key check; they need no
+    distillation settings, so they get none, and the trainer's args keep them.
+    """
+    saved = {k: args.__dict__.pop(k) for k in KD_DEFAULTS if k in args.__dict__}
+    try:
+        yield args
+    finally:
+        args.__dict__.update(saved)
+
+
+class KDTrainer(DetectionTrainer):
+    """Detection trainer that distils a frozen teacher into the student.
+
+    Args:
+        cfg (str | dict | SimpleNamespace): Base configuration, as for ``DetectionTrainer``.
+        overrides (dict, optional): Train arguments, including ``teacher`` and any ``kd_*`` key.
+        _callbacks (dict, optional): Callbacks.
+
+    Attributes:
+        teacher (FrozenTeacher): The frozen teacher on the training device.
+        kd_terms (list[KDTerm]): Active distillation terms.
+        kd_connectors (nn.ModuleDict): Trainable adapters per feature term.
+        kd_teacher_metrics (dict | None): The teacher's validation metrics from the pre-training check.
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
+        """Validate the distillation settings, set up the stock trainer, then load and check the teacher."""
+        base = {**KD_DEFAULTS, **cfg2dict(cfg)}
+        given = {**base, **(overrides or {})}
+        check_kd_args(given)  # values first: before any directory, dataset or model is touched
+        if not given.get("resume") and not given.get("teacher"):
+            raise ValueError("KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model)")
+        if given.get("compile") and given.get("kd_feat_layers"):
+            raise ValueError(
+                "compile=True is not supported with kd_feat_layers: hooks on the student's layers break the compiled "
+                "graph. Drop kd_feat_layers (the Detect inputs are distilled without hooks) or set compile=False"
+            )
+        if not given.get("resume"):
+            for key in ("teacher", "kd_teacher_weights"):
+                if (
+                    given.get(key)
+                    and not Path(given[key]).is_file()
+                    and Path(given[key]).suffix not in {".yaml", ".yml"}
+                ):
+                    raise FileNotFoundError(
+                        f"{key}='{given[key]}' not found; pass an existing file, e.g. {key}=best.pt"
+                    )
+        super().__init__(base, overrides, _callbacks)
+        check_kd_args(vars(self.args))  # a resumed run takes its settings from the checkpoint's train_args
+        a = self.args
+        teacher = load_teacher(a.teacher, a.kd_teacher_weights, nc=self.data["nc"], ch=self.data["channels"])
+        check_pair(teacher, data=self.data)
+        self.teacher = FrozenTeacher(teacher).to(self.device)
+        self.kd_teacher_sha256 = file_sha256(a.kd_teacher_weights or a.teacher)
+        self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
+        self.kd_teacher_metrics = None
+        self._kd_resume, self._kd_batch = None, 0
+        self._kd_student_rec = self._kd_teacher_rec = None
+
+    # setup ------------------------------------------------------------------------------------------------------------
+    def setup_model(self):
+        """Load the student as usual; on resume also keep the checkpoint's distillation state."""
+        ckpt = super().setup_model()
+        self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
+        return ckpt
+
+    def set_model_attributes(self):
+        """Check the teacher against the built student, then build the terms and adapters before the optimizer."""
+        super().set_model_attributes()
+        student = self.model
+        if getattr(student.model[-1], "one2one_cv2", None) is not None:
+            raise NotImplementedError(
+                "end-to-end students (YOLOv10/YOLO26 heads with one2one branches) are not supported yet; distil into "
+                "a one-to-many student (e.g. yolov8/yolov9/yolo11 YAML). End-to-end teachers are fine"
+            )
+        problems = check_pair(self.teacher.model, student)
+        a = self.args
+        recipe = get_recipe(a.kd_recipe)
+        terms, self.kd_alpha, self.kd_conf_weight = recipe.build(
+            a.kd_weights, a.kd_T, a.kd_alpha, a.kd_conf_weight, options={"cwd": {"norm": a.kd_cwd_norm}}
+        )
+        if "reg_max" in problems and any(t.name == "ld" for t in terms):
+            LOGGER.warning(
+                f"{PREFIX} teacher reg_max={self.teacher.model.model[-1].reg_max} differs from the student's "
+                f"({student.model[-1].reg_max}): LD compares DFL bins and is switched off"
+            )
+            terms = [t for t in terms if t.name != "ld"]
+        self.kd_terms = terms
+        if any(t.source == "feats" for t in terms):
+            self._build_feature_side(student, terms)
+        if self._kd_resume:
+            self._restore_kd_state(self._kd_resume)
+        LOGGER.info(
+            f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, "
+            + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
+            + f", conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}"
+        )
+
+    def _build_feature_side(self, student: nn.Module, terms: list) -> None:
+        """Pair student and teacher feature layers, measure their channels with one dummy pass, build adapters."""
+        a, tm = self.args, self.teacher.model
+        s_layers = list(a.kd_feat_layers or student.model[-1].f)
+        t_layers = list(a.kd_teacher_feat_layers or tm.model[-1].f)
+        if len(s_layers) != len(t_layers):
+            raise ValueError(
+                f"{len(s_layers)} student feature layers {s_layers} but {len(t_layers)} teacher layers {t_layers}; "
+                f"set kd_feat_layers and kd_teacher_feat_layers to lists of the same length"
+            )
+        s_rec, t_rec = FeatureRecorder(student, s_layers), FeatureRecorder(tm, t_layers)
+        size = int(max(student.stride.max(), tm.stride.max())) * 2
+        im = torch.zeros(1, self.data["channels"], size, size, device=self.device)
+        was_training = student.training
+        student.eval()
+        with torch.no_grad(), s_rec, t_rec:
+            student(im)
+            self.teacher(im)
+        student.train(was_training)
+        s_feats, t_feats = s_rec.features, t_rec.features
+        if bad := [(s.shape[-2:], t.shape[-2:]) for s, t in zip(s_feats, t_feats) if s.shape[-2:] != t.shape[-2:]]:
+            raise ValueError(f"paired feature maps differ in resolution {bad}; pair layers with the same stride")
+        if a.kd_feat_layers and any(t.name == "sl2" for t in terms) and s_layers != list(student.model[-1].f):
+            raise ValueError(
+                "sl2 weights locations by the head's scores, so it needs the Detect inputs: unset kd_feat_layers"
+            )
+        ch_s, ch_t = [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats]
+        self.kd_connectors = nn.ModuleDict(
+            {t.name: build_connectors(ch_s, ch_t) for t in terms if t.source == "feats"}
+        ).to(self.device)
+        if a.kd_feat_layers:
+            self._kd_student_rec = s_rec
+        if a.kd_feat_layers or a.kd_teacher_feat_layers:
+            self._kd_teacher_rec = t_rec
+
+    def get_validator(self):
+        """The stock validator, built from the args without the distillation keys it would reject."""
+        with _stock_args(self.args):
+            return super().get_validator()
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Build the stock optimizer, plus one group for the adapters with the decayed-weight group's settings."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if params := list(self.kd_connectors.parameters()):
+            template = next(g for g in optimizer.param_groups if not g.get("use_muon"))
+            group = {k: v for k, v in template.items() if k != "params"}
+            optimizer.add_param_group({**group, "params": params, "param_group": "kd_adapter"})
+        return optimizer
+
+    def _setup_train(self):
+        """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
+        super()._setup_train()
+        model = unwrap_model(self.model)
+        model.criterion = KDDetectionLoss(
+            model,
+            self.kd_terms,
+            alpha=self.kd_alpha,
+            conf_weight=self.kd_conf_weight,
+            connectors=dict(self.kd_connectors),
+            max_ratio=self.args.kd_max_ratio,
+        )
+        if self.args.kd_teacher_check and RANK in {-1, 0}:
+            self.kd_teacher_metrics = self._check_teacher()
+        if self.amp and self.device.type == "cuda":
+            self.teacher.half()  # inference only: halves its memory and time under AMP
+
+    def _check_teacher(self) -> dict:
+        """Validate the teacher on the val split; a teacher that detects nothing can only hurt the student."""
+        with _stock_args(self.args):
+            args = copy(self.args)
+        args.plots = args.save_json = False
+        metrics = DetectionValidator(self.test_loader, save_dir=self.save_dir, args=args)(model=self.teacher.model)
+        m95, m50 = metrics.get("metrics/mAP50-95(B)", 0.0), metrics.get("metrics/mAP50(B)", 0.0)
+        LOGGER.info(f"{PREFIX} teacher on '{self.args.split}': mAP50-95 {m95:.3f}, mAP50 {m50:.3f}")
+        if m50 < 0.05:
+            LOGGER.warning(
+                f"{PREFIX} ⚠️ the teacher reaches only mAP50={m50:.3f} on this dataset: distilling from it will likely "
+                f"make the student worse. Check that it was trained on this data (and class order), or set "
+                f"kd_teacher_check=False to silence this check"
+            )
+        return metrics
+
+    # training loop ----------------------------------------------------------------------------------------------------
+    def _model_train(self):
+        """Stock train mode, and restart the per-epoch batch counter used by the KD schedule."""
+        super()._model_train()
+        self._kd_batch = 0
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Stock preprocessing, then the teacher's outputs for this batch under ``batch["kd"]``."""
+        batch = super().preprocess_batch(batch)
+        if not unwrap_model(self.model).training:  # e.g. QAT calibration passes: no loss, no teacher
+            return batch
+        i, self._kd_batch = self._kd_batch, self._kd_batch + 1
+        a = self.args
+        off_from = self.epochs - a.close_mosaic if a.kd_off_last and a.close_mosaic else None
+        scale = kd_scale(
+            self.epoch + i / max(len(self.train_loader), 1), self.epochs, a.kd_warmup, a.kd_decay, off_from
+        )
+        teacher, student_rec = None, None
+        if scale > 0:  # off epochs skip the teacher's forward entirely
+            with torch.no_grad(), self._kd_teacher_rec or nullcontext() as rec:
+                teacher = self.teacher(batch["img"])
+            if rec is not None:
+                teacher = {**teacher, "feats": rec.features}
+            if self._kd_student_rec is not None:
+                student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
+        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec)
+        return batch
+
+    def optimizer_step(self):
+        """Average adapter gradients across DDP ranks (they live outside the DDP-wrapped student), then step."""
+        if self.world_size > 1:
+            for p in self.kd_connectors.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        super().optimizer_step()
+
+    # checkpoints ------------------------------------------------------------------------------------------------------
+    def kd_state(self) -> dict[str, Any]:
+        """What rebuilds the distillation on resume: teacher path and hash, settings, adapter weights."""
+        from ultralytics_kd import __version__
+
+        return {
+            "teacher": str(self.args.teacher),
+            "teacher_weights": self.args.kd_teacher_weights,
+            "teacher_sha256": self.kd_teacher_sha256,
+            "settings": kd_args(self.args),
+            "connectors": {k: v.detach().cpu().clone() for k, v in self.kd_connectors.state_dict().items()},
+            "version": __version__,
+        }
+
+    def save_model(self):
+        """Stock checkpoints (student EMA only), then add the ``"kd"`` key to the files just written."""
+        saved = super().save_model()
+        if saved:
+            ckpt = torch.load(self.last, map_location="cpu", weights_only=False)
+            ckpt["kd"] = self.kd_state()
+            buffer = io.BytesIO()
+            torch.save(ckpt, buffer)
+            files = [self.last]
+            if self.best_fitness == self.fitness:
+                files.append(self.best)
+            if self.save_period > 0 and self.epoch % self.save_period == 0:
+                files.append(self.wdir / f"epoch{self.epoch}.pt")
+            for f in files:
+                f.write_bytes(buffer.getvalue())
+        return saved
+
+    def _restore_kd_state(self, state: dict[str, Any]) -> None:
+        """Load resumed adapter weights; warn if the teacher file changed since the checkpoint."""
+        if state.get("teacher_sha256") != self.kd_teacher_sha256:
+            LOGGER.warning(
+                f"{PREFIX} ⚠️ teacher '{self.args.teacher}' changed since this run started (sha256 "
+                f"{str(state.get('teacher_sha256'))[:12]} -> {self.kd_teacher_sha256[:12]}); resuming with the new file"
+            )
+        if state.get("connectors"):
+            self.kd_connectors.load_state_dict(state["connectors"])
