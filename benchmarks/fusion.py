@@ -2,7 +2,8 @@
 
 The twin is the same YAML with every plugin block replaced by its stock Ultralytics counterpart (RepGELAN ->
 RepNCSPELAN4, RepVGG -> Conv), fused by stock Ultralytics: the network a user would get without the plugin. Ratios
-come from one run with the variants measured round-robin, so machine noise hits them alike.
+come from one run: each iteration calls every variant once (rotating order) and the ratio is the median of the
+per-iteration ratios, so load from the rest of the machine hits the variants alike.
 
     python benchmarks/fusion.py --imgsz 320 640 --threads 1
 """
@@ -53,24 +54,26 @@ def variants(path: Path, nc: int) -> dict[str, nn.Module]:
     return out
 
 
-def _median_ms(fn, x, runs: int) -> list[float]:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
+def time_paired(fns: dict, x, warmup: int, runs: int) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+    """Median latency (ms) of each callable, and the median of per-iteration ratios between them.
 
-
-def time_round_robin(fns: dict, x, warmup: int, runs: int, rounds: int = 5) -> dict[str, float]:
-    """Median latency (ms) of each callable, interleaving ``rounds`` chunks of ``runs / rounds`` calls."""
-    for fn in fns.values():
-        _median_ms(fn, x, warmup)
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k] += _median_ms(fn, x, max(runs // rounds, 1))
-    return {k: statistics.median(v) for k, v in times.items()}
+    Each iteration calls every variant once, in rotating order, so load from the rest of the machine hits all of them
+    alike; the ratio of two variants is taken within an iteration, then the median over iterations.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn(x)
+    times = {k: [] for k in names}
+    for i in range(runs):
+        for k in names[i % len(names) :] + names[: i % len(names)]:
+            t = time.perf_counter()
+            fns[k](x)
+            times[k].append((time.perf_counter() - t) * 1e3)
+    ratios = {
+        (a, b): statistics.median(ta / tb for ta, tb in zip(times[a], times[b])) for a in names for b in names if a != b
+    }
+    return {k: statistics.median(v) for k, v in times.items()}, ratios
 
 
 def ort_session(model: nn.Module, imgsz: int, threads: int):
@@ -95,18 +98,18 @@ def main(args: argparse.Namespace) -> None:
         for imgsz in args.imgsz:
             x = torch.rand(1, 3, imgsz, imgsz)
             with torch.no_grad():
-                pt = time_round_robin({k: _Head(m) for k, m in models.items()}, x, args.warmup, args.runs)
+                pt = time_paired({k: _Head(m) for k, m in models.items()}, x, args.warmup, args.runs)
             sessions = {k: ort_session(m, imgsz, args.threads) for k, m in models.items()}
-            ox = time_round_robin(sessions, x.numpy(), args.warmup, args.runs)
-            for runtime, ms in (("PyTorch", pt), ("ONNX Runtime", ox)):
+            ox = time_paired(sessions, x.numpy(), args.warmup, args.runs)
+            for runtime, (ms, ratio) in (("PyTorch", pt), ("ONNX Runtime", ox)):
                 twin = f"{ms['twin']:.2f}" if "twin" in ms else "-"
-                vs_twin = f"{ms['fused'] / ms['twin']:.3f}" if "twin" in ms else "-"
+                vs_twin = f"{ratio['fused', 'twin']:.3f}" if "twin" in ms else "-"
                 rows.append(
                     f"| {path.stem} | {imgsz} | {runtime} | {ms['unfused']:.2f} | {ms['fused']:.2f} | {twin} | "
-                    f"{ms['unfused'] / ms['fused']:.2f}x | {vs_twin} |"
+                    f"{ratio['unfused', 'fused']:.2f}x | {vs_twin} |"
                 )
         print(f"{path.stem}: params unfused {params['unfused']:,}, fused {params['fused']:,}", flush=True)
-    print(f"\nbatch 1, {args.threads} thread(s), median of {args.runs} runs, {args.warmup} warm-up, nc={args.nc}\n")
+    print(f"\nbatch 1, {args.threads} thread(s), {args.runs} paired runs after {args.warmup} warm-up, nc={args.nc}\n")
     print("| student | imgsz | runtime | unfused ms | fused ms | twin ms | unfused/fused | fused/twin |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
