@@ -44,7 +44,7 @@ def test_demo_tiny_end_to_end(tmp_path):
 
     report = (out / "distilled" / "kd_report.md").read_text()
     assert "| student distilled |" in report and "kd_losses.png" in report
-    assert "train/kd_" in (out / "distilled" / "results.csv").read_text().replace(" ", "")
+    assert "train/kd" in (out / "distilled" / "results.csv").read_text().replace(" ", "")
     assert report_cli({"run": str(out / "distilled")}).is_file()  # yolo-kd report on the same run
 
 

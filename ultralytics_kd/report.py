@@ -17,7 +17,6 @@ from typing import Any
 from ultralytics.utils import LOGGER
 
 MAP, MAP50 = "metrics/mAP50-95(B)", "metrics/mAP50(B)"
-TEACHER_FILE = "kd_teacher.json"  # written by KDTrainer's teacher check: {"mAP50-95": ..., "mAP50": ...}
 
 
 @dataclass
@@ -49,14 +48,14 @@ def read_results(run: Path) -> dict[str, list[float]]:
 
 
 def plot_kd_losses(run: Path) -> Path | None:
-    """Plot every ``train/kd_*`` loss column over epochs, beside the stock detection losses; None if there are none."""
+    """Plot every ``train/kd*`` loss column over epochs, beside the stock detection losses; None if there are none."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cols = read_results(run)
-    kd = sorted(k for k in cols if k.startswith("train/kd_"))
+    kd = sorted(k for k in cols if k.startswith("train/kd"))
     if not kd:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), tight_layout=True)
@@ -204,7 +203,7 @@ def write_report(
         (Path): The report file.
     """
     run = Path(run)
-    teacher = _read_json(run / TEACHER_FILE)
+    teacher = _teacher_metrics(run)
     losses = plot_kd_losses(run)
     mapplot = plot_map(run, teacher, Path(scratch) if scratch else None)
     cols = read_results(run)
@@ -251,8 +250,17 @@ def cli(args: dict[str, Any]) -> Path:
     return write_report(run, scratch=args.get("scratch"))
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def _teacher_metrics(run: Path) -> dict[str, float] | None:
+    """The teacher's val mAP from KDTrainer's pre-training check, kept in the checkpoint's ``kd`` entry."""
+    import torch
+
+    ckpt = run / "weights" / "last.pt"
+    if not ckpt.exists():
+        return None
+    metrics = (torch.load(ckpt, map_location="cpu", weights_only=False).get("kd") or {}).get("teacher_metrics") or {}
+    if "metrics/mAP50-95(B)" not in metrics:
+        return None
+    return {"mAP50-95": metrics["metrics/mAP50-95(B)"], "mAP50": metrics["metrics/mAP50(B)"]}
 
 
 def _read_args(run: Path) -> dict:

@@ -61,12 +61,13 @@ def test_seed_recipe_reproduces_the_seeds_formula(pair):
     mse = sum(
         ((a(s) - t) ** 2).mean() for a, s, t in zip(connectors["feat_mse"], preds["feats"], pair.t_out["feats"])
     ) / len(preds["feats"])
+    kl, mse = kl.detach(), mse.detach()
     yolo = det.sum() / 2  # per image: v8DetectionLoss returns its loss vector times the batch size (2)
     expected = 0.65 * yolo + 0.35 * (0.6 * kl + 0.4 * mse)
     assert float(total.detach().sum()) / 2 == pytest.approx(float(expected.detach()), rel=1e-5)
-    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "kd_kl", "kd_mse"]
-    assert float(items["kd_kl"]) == pytest.approx(float(0.35 * 0.6 * kl), rel=1e-5)
-    assert float(items["kd_mse"]) == pytest.approx(float(0.35 * 0.4 * mse), rel=1e-5)
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "kdkl_loss", "kdmse_loss"]
+    assert float(items["kdkl_loss"]) == pytest.approx(float(0.35 * 0.6 * kl), rel=1e-5)
+    assert float(items["kdmse_loss"]) == pytest.approx(float(0.35 * 0.4 * mse), rel=1e-5)
     for k in det_items:
         assert float(items[k]) == pytest.approx(float(det_items[k]))
 
@@ -77,16 +78,16 @@ def test_validation_batch_reports_zero_terms(pair):
     preds = _student_preds(pair)
     total, items = crit(preds, pair.batch)
     det, _ = v8DetectionLoss(pair.student)(preds, pair.batch)
-    assert float(items["kd_cls"]) == 0.0 and float(items["kd_ld"]) == 0.0
-    assert float(total.sum()) == pytest.approx(0.5 * float(det.sum()), rel=1e-6)
+    assert float(items["kdcls_loss"]) == 0.0 and float(items["kdld_loss"]) == 0.0
+    assert float(total.detach().sum()) == pytest.approx(0.5 * float(det.detach().sum()), rel=1e-6)
 
 
 def test_schedule_scale_multiplies_terms(pair):
     """``KDBatch.scale`` (warm-up/decay) scales every term."""
     crit = KDDetectionLoss(pair.student, [ClassBCE(weight=1.0, tau=2.0)], max_ratio=0.0)
     preds = _student_preds(pair)
-    full = crit(preds, {**pair.batch, "kd": KDBatch(pair.t_out, scale=1.0)})[1]["kd_cls"]
-    quarter = crit(preds, {**pair.batch, "kd": KDBatch(pair.t_out, scale=0.25)})[1]["kd_cls"]
+    full = crit(preds, {**pair.batch, "kd": KDBatch(pair.t_out, scale=1.0)})[1]["kdcls_loss"]
+    quarter = crit(preds, {**pair.batch, "kd": KDBatch(pair.t_out, scale=0.25)})[1]["kdcls_loss"]
     assert float(quarter) == pytest.approx(0.25 * float(full), rel=1e-6)
 
 
@@ -97,7 +98,7 @@ def test_guard_caps_each_term_relative_to_detection_loss(pair):
     preds = _student_preds(pair)
     total, items = crit(preds, {**pair.batch, "kd": KDBatch(pair.t_out)})
     det_per_image = sum(float(items[k]) for k in ("box_loss", "cls_loss", "dfl_loss"))
-    for k in ("kd_cls", "kd_ld"):
+    for k in ("kdcls_loss", "kdld_loss"):
         assert float(items[k]) == pytest.approx(0.1 * det_per_image, rel=1e-5)
     # the capped term still carries gradient to the student
     pair.student.zero_grad()
@@ -109,8 +110,8 @@ def test_conf_weight_focuses_on_confident_anchors(pair):
     """Weighting anchors by teacher confidence changes the value (the weights are not uniform)."""
     preds = _student_preds(pair)
     kd = {**pair.batch, "kd": KDBatch(pair.t_out)}
-    plain = KDDetectionLoss(pair.student, [ClassKL(tau=1.0)], conf_weight=False)(preds, kd)[1]["kd_kl"]
-    weighted = KDDetectionLoss(pair.student, [ClassKL(tau=1.0)], conf_weight=True)(preds, kd)[1]["kd_kl"]
+    plain = KDDetectionLoss(pair.student, [ClassKL(tau=1.0)], conf_weight=False)(preds, kd)[1]["kdkl_loss"]
+    weighted = KDDetectionLoss(pair.student, [ClassKL(tau=1.0)], conf_weight=True)(preds, kd)[1]["kdkl_loss"]
     conf = pair.t_out["scores"].sigmoid().amax(1)
     p_t = F.softmax(pair.t_out["scores"], 1)
     kl = (p_t * (p_t.log() - F.log_softmax(preds["scores"], 1))).sum(1)
@@ -150,5 +151,5 @@ def test_student_recorder_is_popped_and_removed(pair):
     preds = _student_preds(pair)
     teacher = {**pair.t_out, "feats": t_rec.features}
     items = crit(preds, {**pair.batch, "kd": KDBatch(teacher, student_recorder=rec)})[1]
-    assert float(items["kd_mse"]) > 0
+    assert float(items["kdmse_loss"]) > 0
     assert all(not pair.student.model[i]._forward_hooks for i in layers)

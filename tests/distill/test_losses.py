@@ -147,7 +147,19 @@ def test_registry_rejects_a_clash():
     from ultralytics_kd.distill.losses import KDTerm, register_term
 
     class Fake(KDTerm):
-        name, item = "cls_bce", "kd_fake"
+        name, item = "cls_bce", "kdfk_loss"
 
     with pytest.raises(ValueError, match="already registered"):
         register_term(Fake)
+
+
+def test_registry_rejects_columns_results_png_would_not_plot():
+    """Columns reach results.png only if named '*loss*', and stay readable in the progress bar at <= 10 chars."""
+    from ultralytics_kd.distill.losses import KDTerm, register_term
+
+    class Fake(KDTerm):
+        name, item = "fake", "kd_fake"
+
+    with pytest.raises(ValueError, match="must contain 'loss'"):
+        register_term(Fake)
+    assert all("loss" in t.item and len(t.item) <= 10 for t in TERMS.values())

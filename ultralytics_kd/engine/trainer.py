@@ -63,6 +63,24 @@ def _stock_args(args):
         args.__dict__.update(saved)
 
 
+def _check_before_setup(given: dict[str, Any]) -> None:
+    """Checks that need no dataset or model, run before the stock trainer creates directories or loads anything."""
+    check_kd_args(given)
+    if given.get("resume"):
+        return  # the teacher and settings come from the checkpoint; they are checked once it is read
+    if not given.get("teacher"):
+        raise ValueError("KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model)")
+    if given.get("compile") and given.get("kd_feat_layers"):
+        raise ValueError(
+            "compile=True is not supported with kd_feat_layers: hooks on the student's layers break the compiled "
+            "graph. Drop kd_feat_layers (the Detect inputs are distilled without hooks) or set compile=False"
+        )
+    for key in ("teacher", "kd_teacher_weights"):
+        p = given.get(key)
+        if p and Path(p).suffix not in {".yaml", ".yml"} and not Path(p).is_file():  # YAML names resolve later
+            raise FileNotFoundError(f"{key}='{p}' not found; pass an existing file, e.g. {key}=best.pt")
+
+
 class KDTrainer(DetectionTrainer):
     """Detection trainer that distils a frozen teacher into the student.
 
@@ -81,25 +99,7 @@ class KDTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
         """Validate the distillation settings, set up the stock trainer, then load and check the teacher."""
         base = {**KD_DEFAULTS, **cfg2dict(cfg)}
-        given = {**base, **(overrides or {})}
-        check_kd_args(given)  # values first: before any directory, dataset or model is touched
-        if not given.get("resume") and not given.get("teacher"):
-            raise ValueError("KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model)")
-        if given.get("compile") and given.get("kd_feat_layers"):
-            raise ValueError(
-                "compile=True is not supported with kd_feat_layers: hooks on the student's layers break the compiled "
-                "graph. Drop kd_feat_layers (the Detect inputs are distilled without hooks) or set compile=False"
-            )
-        if not given.get("resume"):
-            for key in ("teacher", "kd_teacher_weights"):
-                if (
-                    given.get(key)
-                    and not Path(given[key]).is_file()
-                    and Path(given[key]).suffix not in {".yaml", ".yml"}
-                ):
-                    raise FileNotFoundError(
-                        f"{key}='{given[key]}' not found; pass an existing file, e.g. {key}=best.pt"
-                    )
+        _check_before_setup({**base, **(overrides or {})})
         super().__init__(base, overrides, _callbacks)
         check_kd_args(vars(self.args))  # a resumed run takes its settings from the checkpoint's train_args
         a = self.args
@@ -280,6 +280,7 @@ class KDTrainer(DetectionTrainer):
             "teacher_sha256": self.kd_teacher_sha256,
             "settings": kd_args(self.args),
             "connectors": {k: v.detach().cpu().clone() for k, v in self.kd_connectors.state_dict().items()},
+            "teacher_metrics": {k: float(v) for k, v in (self.kd_teacher_metrics or {}).items()},  # no numpy types
             "version": __version__,
         }
 

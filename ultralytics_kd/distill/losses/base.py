@@ -26,7 +26,9 @@ class KDTerm(nn.Module):
 
     Attributes:
         name (str): Registry key used in recipes, e.g. ``"cls_bce"``.
-        item (str): Loss-dict key the term reports under, e.g. ``"kd_cls"``.
+        item (str): Loss-dict key the term reports under, e.g. ``"kdcls_loss"``. It must contain ``loss`` (Ultralytics'
+            results.png plots only such columns) and fit in 10 characters (the progress bar prints names in
+            11-wide columns with no separator).
         source (str): Which output the term reads: ``"scores"``, ``"boxes"`` or ``"feats"``.
     """
 
@@ -49,6 +51,8 @@ def register_term(cls: type[KDTerm]) -> type[KDTerm]:
     """Register a term class under its ``name``; a clash is an error, since recipes refer to terms by name."""
     if not cls.name or not cls.item:
         raise ValueError(f"{cls.__name__} must set class attributes 'name' and 'item'")
+    if "loss" not in cls.item or len(cls.item) > 10:
+        raise ValueError(f"{cls.__name__}.item={cls.item!r} must contain 'loss' and be at most 10 characters")
     if cls.name in TERMS and TERMS[cls.name] is not cls:
         raise ValueError(f"KD term name '{cls.name}' is already registered by {TERMS[cls.name].__name__}")
     TERMS[cls.name] = cls

@@ -29,7 +29,7 @@ class ClassBCE(KDTerm):
         0.0
     """
 
-    name, item, source = "cls_bce", "kd_cls", "scores"
+    name, item, source = "cls_bce", "kdcls_loss", "scores"
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, anchor_weight: torch.Tensor | None = None, **context

@@ -28,7 +28,7 @@ class ClassKL(KDTerm):
         0.0
     """
 
-    name, item, source = "cls_kl", "kd_kl", "scores"
+    name, item, source = "cls_kl", "kdkl_loss", "scores"
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, anchor_weight: torch.Tensor | None = None, **context

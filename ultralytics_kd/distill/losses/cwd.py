@@ -42,7 +42,7 @@ class ChannelWiseDistill(KDTerm):
         0.0
     """
 
-    name, item, source = "cwd", "kd_cwd", "feats"
+    name, item, source = "cwd", "kdcwd_loss", "feats"
 
     def __init__(self, weight: float = 1.0, tau: float = 1.0, norm: bool = False):
         """Store weight, temperature and whether to normalise channels."""

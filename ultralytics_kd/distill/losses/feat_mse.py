@@ -23,7 +23,7 @@ class FeatureMSE(KDTerm):
         1.0
     """
 
-    name, item, source = "feat_mse", "kd_mse", "feats"
+    name, item, source = "feat_mse", "kdmse_loss", "feats"
 
     def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], **context) -> torch.Tensor:
         """Return the weighted MSE.

@@ -27,7 +27,7 @@ class LocalizationDistill(KDTerm):
         0.0
     """
 
-    name, item, source = "ld", "kd_ld", "boxes"
+    name, item, source = "ld", "kdld_loss", "boxes"
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, anchor_weight: torch.Tensor | None = None, **context

@@ -27,7 +27,7 @@ class ScoreWeightedL2(KDTerm):
         1.0
     """
 
-    name, item, source = "sl2", "kd_sl2", "feats"
+    name, item, source = "sl2", "kdsl2_loss", "feats"
 
     def forward(
         self,

@@ -1,0 +1,251 @@
+"""What distillation buys: the same student trained from scratch, with Ultralytics' native distillation, with each of
+our terms alone and with our recipes, all with the same YAML, data, epochs, seed, image size and hyperparameters.
+
+Each run trains, then validates its best.pt on the val and test splits. Results are appended, one JSON line per run,
+to ``--out``, so runs from separate invocations (e.g. two processes with ``--threads 1`` side by side, or more seeds
+later) combine; ``--table`` prints them as a markdown table. The ``floor`` run measures what a teacher costs at best:
+1 + (teacher forward time) / (plain student training step time).
+
+Run names:
+    scratch             no teacher
+    native<dis>         Ultralytics' distill_model=<teacher> at dis=<dis>, e.g. native6 (its default), native0.5
+    default, seed       our named recipes
+    <term>[+<term>][@w] our terms alone or combined, optional weight for each, e.g. cls_bce, cwd@0.5, cls_bce+ld@2
+    floor               timing only: teacher forward vs plain student step
+
+    python benchmarks/kd_gain.py --runs scratch,native6,native1,default --epochs 40 --imgsz 320 --seed 0
+    python benchmarks/kd_gain.py --runs cls_bce,ld,cwd --threads 1 &   # a second process alongside
+    python benchmarks/kd_gain.py --table
+    python benchmarks/kd_gain.py --runs scratch,default,floor --epochs 1 --fraction 0.1 --imgsz 160  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = "scratch,native6,native1,native0.5,native0.1,cls_bce,cls_kl,ld,feat_mse,cwd,sl2,default,floor"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated run names (default: {DEFAULT_RUNS})")
+    p.add_argument("--data", default=str(ROOT / "../shared/data/bccd/data.yaml"))
+    p.add_argument("--teacher", default=str(ROOT / "../shared/teachers/bccd-yolov9s-320.pt"))
+    p.add_argument("--student", default="yolov9t.yaml")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the train split (smoke runs)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
+    p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE", help="extra kd_* settings for our runs")
+    p.add_argument("--project", default=str(ROOT / "runs" / "kd_gain"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_gain.jsonl"))
+    p.add_argument("--table", action="store_true", help="print the results in --out as a markdown table and exit")
+    return p.parse_args(argv)
+
+
+def run_kwargs(name: str, args: argparse.Namespace) -> dict:
+    """Train arguments specific to one run name (on top of the shared ones)."""
+    from ultralytics.cfg import smart_value
+
+    from ultralytics_kd.distill import get_recipe
+
+    if name == "scratch":
+        return {}
+    if name.startswith("native"):
+        return {"distill_model": args.teacher, "dis": float(name[len("native") :])}
+    recipe, _, weight = name.partition("@")
+    get_recipe(recipe)  # fail on a bad name before training anything
+    kw = {"teacher": args.teacher, "kd_recipe": recipe}
+    if weight:
+        kw["kd_weights"] = float(weight)
+    for pair in args.kd:
+        k, v = pair.split("=", 1)
+        kw[k] = smart_value(v)
+    return kw
+
+
+def train_and_test(name: str, args: argparse.Namespace) -> dict:
+    """Train one run, validate its best.pt on val and test; return a result row."""
+    from ultralytics import YOLO
+
+    from ultralytics_kd import KDTrainer
+
+    kw = run_kwargs(name, args)
+    train_time = {"total": 0.0, "start": 0.0}
+
+    def epoch_start(trainer):
+        train_time["start"] = time.perf_counter()
+
+    def epoch_end(trainer):  # the batch loop only: validation and saving cost the same in every run
+        train_time["total"] += time.perf_counter() - train_time["start"]
+
+    model = YOLO(args.student)
+    model.add_callback("on_train_epoch_start", epoch_start)
+    model.add_callback("on_train_epoch_end", epoch_end)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    t0 = time.perf_counter()
+    model.train(
+        trainer=KDTrainer if "teacher" in kw else None,
+        data=args.data,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        fraction=args.fraction,
+        project=args.project,
+        name=f"{name}-e{args.epochs}-s{args.seed}-{stamp}",
+        plots=False,
+        amp=False,
+        patience=0,
+        **kw,
+    )
+    wall = time.perf_counter() - t0
+    best = model.trainer.best if model.trainer.best.exists() else model.trainer.last
+    row = {"run": name, "settings": {k: v for k, v in kw.items() if k not in {"teacher", "distill_model"}}}
+    for split in ("val", "test"):
+        m = YOLO(best).val(
+            data=args.data, split=split, imgsz=args.imgsz, batch=args.batch, device=args.device, plots=False
+        )
+        row[f"{split}_map"], row[f"{split}_map50"] = float(m.box.map), float(m.box.map50)
+        row[f"{split}_map_per_class"] = {m.names[i]: float(v) for i, v in enumerate(m.box.maps)}
+    row.update(epoch_time_s=train_time["total"] / args.epochs, wall_s=wall, save_dir=str(model.trainer.save_dir))
+    return row
+
+
+def measure_floor(args: argparse.Namespace, repeats: int = 10) -> dict:
+    """Time the teacher's forward and a plain student training step on the same batch of ``imgsz`` images."""
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.torch_utils import select_device
+
+    from ultralytics_kd.distill.teacher import FrozenTeacher, load_teacher
+
+    device = select_device(args.device, verbose=False)
+    teacher = FrozenTeacher(load_teacher(args.teacher)).to(device)
+    student = DetectionModel(args.student, nc=teacher.model.model[-1].nc, verbose=False).to(device).train()
+    student.args = get_cfg()
+    opt = torch.optim.SGD(student.parameters(), lr=1e-4, momentum=0.9)
+    n = args.batch
+    img = torch.rand(n, 3, args.imgsz, args.imgsz, device=device)
+    batch = {
+        "img": img,
+        "batch_idx": torch.arange(n, device=device).float(),
+        "cls": torch.zeros(n, 1, device=device),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]], device=device).repeat(n, 1),
+    }
+
+    def step():
+        opt.zero_grad()
+        loss, _ = student.loss(batch)
+        loss.sum().backward()
+        opt.step()
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    t_teacher, t_step = timed(lambda: teacher(img)), timed(step)
+    return {"run": "floor", "teacher_fwd_s": t_teacher, "student_step_s": t_step, "floor": 1 + t_teacher / t_step}
+
+
+def print_table(path: Path) -> None:
+    """Markdown table of every (run, epochs, imgsz) in the results file, mean over seeds (latest row per seed)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not rows:
+        print(f"no results in {path}")
+        return
+    latest = {}
+    for r in rows:
+        latest[(r["run"], r.get("epochs"), r.get("imgsz"), r.get("fraction", 1.0), r.get("seed"))] = r
+    groups = defaultdict(list)
+    for (run, epochs, imgsz, fraction, _), r in latest.items():
+        groups[(epochs, imgsz, fraction, run)].append(r)
+    mean = lambda rs, k: statistics.fmean(r[k] for r in rs)  # noqa: E731
+    for epochs, imgsz, fraction in sorted({k[:3] for k in groups if k[3] != "floor"}, key=str):
+        print(f"\n### {epochs} epochs, imgsz {imgsz}" + (f", train fraction {fraction}" if fraction != 1.0 else ""))
+        print("| run | seeds | val mAP50-95 | val mAP50 | test mAP50-95 | test mAP50 | epoch time vs scratch |")
+        print("|---|---|---|---|---|---|---|")
+        scratch = groups.get((epochs, imgsz, fraction, "scratch"))
+        base = mean(scratch, "epoch_time_s") if scratch else None
+        for key in sorted((k for k in groups if k[:3] == (epochs, imgsz, fraction) and k[3] != "floor"), key=_order):
+            rs = groups[key]
+            rel = f"{mean(rs, 'epoch_time_s') / base:.2f}x" if base else "n/a"
+            cells = " | ".join(f"{mean(rs, k):.3f}" for k in ("val_map", "val_map50", "test_map", "test_map50"))
+            print(f"| {key[3]} | {len(rs)} | {cells} | {rel} |")
+        floors = [r for k, rs in groups.items() if k[3] == "floor" and k[1] == imgsz for r in rs]
+        if floors:
+            f = floors[-1]
+            print(
+                f"\nFloor (teacher forward {f['teacher_fwd_s'] * 1e3:.0f} ms / student step "
+                f"{f['student_step_s'] * 1e3:.0f} ms at batch {f.get('batch')}): {f['floor']:.2f}x"
+            )
+
+
+def _order(key) -> tuple:
+    run = key[3]
+    rank = 0 if run == "scratch" else 1 if run.startswith("native") else 3 if run in {"default", "seed"} else 2
+    return rank, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.table:
+        print_table(out)
+        return
+    import torch
+
+    if args.threads:
+        import ultralytics.utils.torch_utils as tu
+
+        # select_device() resets torch's thread count to Ultralytics' NUM_THREADS (cores - 1) on every trainer and
+        # validator it builds, so the setting has to go there to last
+        tu.NUM_THREADS = args.threads
+        torch.set_num_threads(args.threads)
+    import ultralytics_kd  # noqa: F401  (registers plugin blocks for plugin student YAMLs)
+
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    for name in runs:  # validate every name before the first (long) training
+        if name != "floor":
+            run_kwargs(name, args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    common = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "seed", "fraction", "student", "device")}
+    for name in runs:
+        row = measure_floor(args) if name == "floor" else train_and_test(name, args)
+        row = {
+            **common,
+            **row,
+            "date": datetime.now().isoformat(timespec="seconds"),
+            "threads": torch.get_num_threads(),
+        }
+        with open(out, "a") as f:  # one line per run, appended: separate invocations combine
+            f.write(json.dumps(row) + "\n")
+        print(f"kd_gain: {name}: " + json.dumps({k: v for k, v in row.items() if not isinstance(v, dict)}))
+    print_table(out)
+
+
+if __name__ == "__main__":
+    main()

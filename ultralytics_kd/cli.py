@@ -1,0 +1,157 @@
+"""``yolo-kd``: Ultralytics' ``yolo`` command with distillation and the plugin's own modes.
+
+- ``yolo-kd train model=... data=... teacher=... kd_T=2``: with a ``teacher`` (or a ``cfg=`` file that sets one, or a
+  resumed distillation checkpoint) trains with ``KDTrainer``; without one, trains exactly like ``yolo train``.
+- ``yolo-kd synth|demo|report key=value ...``: the plugin's modes, imported only when called.
+- Everything else (``val``, ``predict``, ``export``, ``benchmark``, ``help``, ``checks``, ``settings`` ...) goes to
+  Ultralytics' own entrypoint, with the plugin imported so that its blocks are registered.
+
+Examples:
+    $ yolo-kd train model=yolov9t.yaml data=data.yaml teacher=teacher.pt epochs=100 kd_recipe=default
+    $ yolo-kd export model=runs/detect/train/weights/best.pt format=onnx
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+PLUGIN_MODES = {
+    "synth": "ultralytics_kd.data.synth:cli",
+    "demo": "ultralytics_kd.demo:cli",
+    "report": "ultralytics_kd.report:cli",
+}
+
+HELP = """yolo-kd: Ultralytics YOLO with knowledge distillation (ultralytics-kd)
+
+    yolo-kd train model=yolov9t.yaml data=data.yaml teacher=teacher.pt kd_recipe=default kd_T=2
+    yolo-kd train cfg=my_kd.yaml model=yolov9t.yaml data=data.yaml     # settings from a copy of cfg/kd.yaml
+    yolo-kd synth out=datasets/synth n=200        # synthetic dataset
+    yolo-kd demo                                  # teacher -> scratch -> distilled -> fused export, end to end
+    yolo-kd report run=runs/detect/train          # report of a run
+
+Distillation keys (defaults in ultralytics_kd/cfg/kd.yaml): {keys}
+Every other mode and key is Ultralytics' own; its help follows.
+"""
+
+
+def _parse(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split ``key=value`` pairs (values typed as Ultralytics types them) from bare words."""
+    from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+
+    words, pairs = [], {}
+    for a in merge_equals_args(args):
+        a = a.removeprefix("--")
+        if "=" in a:
+            k, v = parse_key_value_pair(a)
+            pairs[k] = v
+        else:
+            words.append(a)
+    return words, pairs
+
+
+def _run_plugin_mode(mode: str, args: list[str]) -> Any:
+    """Import the mode's module only now (it may be optional or not written yet) and hand it the parsed pairs."""
+    module, func = PLUGIN_MODES[mode].split(":")
+    try:
+        fn = getattr(import_module(module), func)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(
+            f"yolo-kd {mode} is not available in this installation: importing {PLUGIN_MODES[mode]} failed "
+            f"({type(e).__name__}: {e}). Reinstall ultralytics-kd, or use 'yolo-kd train|val|predict|export ...'"
+        ) from e
+    words, pairs = _parse(args)
+    if words:
+        raise SystemExit(f"yolo-kd {mode} takes key=value arguments only, got {words}")
+    return fn(pairs)
+
+
+def _ultralytics(args: list[str]) -> None:
+    """Run Ultralytics' own CLI on ``args``.
+
+    Its entrypoint reads the module-level ``ARGV`` captured at import (its ``debug`` string is split on spaces, which
+    would break quoted values), so that one global is swapped for the call.
+    """
+    import ultralytics.cfg as ucfg
+
+    saved = ucfg.ARGV
+    ucfg.ARGV = ["yolo", *args]
+    try:
+        ucfg.entrypoint()
+    finally:
+        ucfg.ARGV = saved
+
+
+def _is_kd_resume(pairs: dict[str, Any]) -> bool:
+    """Whether ``resume`` points at a checkpoint written by KDTrainer (it carries a ``"kd"`` key)."""
+    ckpt = pairs.get("resume") if isinstance(pairs.get("resume"), (str, Path)) else pairs.get("model")
+    if not pairs.get("resume") or not ckpt or not str(ckpt).endswith(".pt") or not Path(ckpt).is_file():
+        return False
+    from ultralytics.nn.tasks import torch_safe_load
+
+    return bool(torch_safe_load(ckpt)[0].get("kd"))
+
+
+def _train(args: list[str]) -> Any:
+    """``train`` with a teacher goes through KDTrainer; without one, through Ultralytics untouched."""
+    from ultralytics.cfg import TASKS, check_dict_alignment
+    from ultralytics.utils import DEFAULT_CFG_DICT, YAML
+    from ultralytics.utils.checks import check_yaml
+
+    from ultralytics_kd.distill.settings import KD_DEFAULTS, check_kd_args
+
+    words, pairs = _parse(args)
+    if pairs.get("cfg"):
+        pairs = {**YAML.load(check_yaml(pairs.pop("cfg"))), **pairs}
+    task = next((w for w in words if w in TASKS), None)
+    for w in words:
+        if w in DEFAULT_CFG_DICT and isinstance(DEFAULT_CFG_DICT[w], bool) or w == "resume":
+            pairs[w] = True  # bare boolean flags, as in 'yolo train ... resume'
+        elif w not in {"train", task}:
+            raise SyntaxError(f"'{w}' is not a valid yolo-kd train argument; use key=value, e.g. epochs=10")
+    kd_given = sorted(k for k in pairs if k in KD_DEFAULTS and pairs[k] != KD_DEFAULTS[k])
+    if not pairs.get("teacher") and not _is_kd_resume(pairs):
+        if kd_given:
+            raise ValueError(f"{kd_given} set but no teacher: add teacher=path/to/teacher.pt, or drop the kd_* keys")
+        return _ultralytics(args)
+    check_dict_alignment({**DEFAULT_CFG_DICT, **KD_DEFAULTS}, pairs)  # typos fail here, with suggestions
+    check_kd_args(pairs)
+    if not pairs.get("model"):
+        raise ValueError("yolo-kd train needs the student: model=yolov9t.yaml (or a .pt to fine-tune)")
+    from ultralytics import YOLO
+
+    from ultralytics_kd.engine.trainer import KDTrainer
+
+    return YOLO(pairs.pop("model"), task=task).train(trainer=KDTrainer, **pairs)
+
+
+def entrypoint(args: list[str] | str | None = None) -> Any:
+    """Run ``yolo-kd`` on ``args`` (default: ``sys.argv[1:]``).
+
+    Args:
+        args (list[str] | str, optional): Command-line words, e.g. ``["train", "model=yolov8n.yaml", ...]``, or one
+            space-separated string.
+
+    Returns:
+        (Any): What the mode returns (training metrics, a plugin mode's result), for in-process use.
+    """
+    import ultralytics_kd  # noqa: F401  (registers the plugin's blocks before any model is parsed)
+
+    args = args.split() if isinstance(args, str) else list(sys.argv[1:] if args is None else args)
+    mode = next((a for a in args if "=" not in a), None)
+    if mode in PLUGIN_MODES:
+        return _run_plugin_mode(mode, [a for a in args if a != mode])
+    if mode in {"help", "-h", "--help"} or not args:
+        from ultralytics_kd.distill.settings import KD_DEFAULTS
+
+        print(HELP.format(keys=", ".join(KD_DEFAULTS)))
+        return _ultralytics(args)
+    if "train" in args:
+        return _train(args)
+    return _ultralytics(args)
+
+
+if __name__ == "__main__":
+    entrypoint()
