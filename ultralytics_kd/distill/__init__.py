@@ -2,7 +2,7 @@
 the criterion that composes them."""
 
 from ultralytics_kd.distill.connectors import ChannelAdapter, build_connectors
-from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss
+from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
 from ultralytics_kd.distill.losses import TERMS, KDTerm, register_term
 from ultralytics_kd.distill.recipes import RECIPES, Recipe, TermSpec, get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
@@ -17,6 +17,7 @@ __all__ = [
     "FeatureRecorder",
     "KDBatch",
     "KDDetectionLoss",
+    "KDE2ELoss",
     "KDTerm",
     "Recipe",
     "TermSpec",

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from ultralytics.utils.loss import v8DetectionLoss
+from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 
 from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.recorders import FeatureRecorder
 
-__all__ = ["KDBatch", "KDDetectionLoss"]
+__all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss"]
 
 
 @dataclass
@@ -45,7 +45,69 @@ class KDBatch:
     student_recorder: FeatureRecorder | None = None
 
 
-class KDDetectionLoss(v8DetectionLoss):
+class _KDTerms:
+    """The distillation half shared by the one-to-many and the end-to-end criteria."""
+
+    def _init_kd(self, terms, alpha, conf_weight, connectors, max_ratio) -> None:
+        self.terms = nn.ModuleList(terms)
+        items = [t.item for t in self.terms]
+        if len(set(items)) != len(items):
+            raise ValueError(f"two terms report under the same column: {items}")
+        self.alpha = float(alpha)
+        self.conf_weight = conf_weight
+        self.connectors = nn.ModuleDict(connectors or {})
+        self.max_ratio = float(max_ratio)
+        for t in self.terms:
+            if t.source == "feats" and t.name not in self.connectors:
+                raise ValueError(f"feature term '{t.name}' needs connectors (one adapter per level)")
+
+    def _add_kd(
+        self, det: torch.Tensor, items: dict, preds: dict[str, Any], batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Append the terms to the stock (loss vector * batch size, items) pair; ``preds`` is the one-to-many dict."""
+        bs = preds["scores"].shape[0]
+        kd: KDBatch | None = batch.get("kd")
+        if kd is None or kd.teacher is None or not len(self.terms):
+            if kd is not None and kd.student_recorder is not None:
+                kd.student_recorder.stop()
+            kd_vec = det.new_zeros(len(self.terms))
+        else:
+            kd_vec = self._terms(preds, kd, det_per_image=det.detach().sum() / bs)
+        items = {**items, **{t.item: v for t, v in zip(self.terms, kd_vec.detach())}}
+        return torch.cat([det * self.alpha, kd_vec * bs]), items
+
+    def _terms(self, preds: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor) -> torch.Tensor:
+        """Evaluate every term in fp32 and apply schedule and cap."""
+        feats = kd.student_recorder.pop() if kd.student_recorder is not None else preds["feats"]
+        student = {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats}
+        teacher = kd.teacher
+        with torch.autocast(preds["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
+            conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
+            sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]
+            context = {
+                "anchor_weight": conf if self.conf_weight else None,
+                "level_weight": [w.unsqueeze(1) for w in conf.split(sizes, dim=1)],
+            }
+            values = []
+            for term in self.terms:
+                s, t = student[term.source], teacher[term.source]
+                if term.source == "feats":
+                    s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
+                values.append(term(s, t, **context))
+            vec = torch.stack(values) * kd.scale
+        if not torch.isfinite(vec).all():  # one host sync per batch for all terms
+            bad = [(t.name, float(v)) for t, v in zip(self.terms, vec.detach()) if not torch.isfinite(v)]
+            raise FloatingPointError(
+                f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
+                f"{bad}); lower kd_T/kd_weights or lr0, or check the teacher's outputs"
+            )
+        if self.max_ratio > 0:  # a term may not swamp the detection loss (why native distillation hurt on BCCD)
+            cap = self.max_ratio * det_per_image
+            vec = vec * (cap / vec.detach().clamp_min(1e-12)).clamp(max=1.0)
+        return vec
+
+
+class KDDetectionLoss(_KDTerms, v8DetectionLoss):
     """Stock box/cls/dfl loss plus distillation terms.
 
     total = alpha * (box + cls + dfl) + sum_i scale * min(1, cap_i) * term_i, where ``cap_i`` keeps each term at most
@@ -80,59 +142,42 @@ class KDDetectionLoss(v8DetectionLoss):
         tal_topk: int = 10,
     ):
         """Build the stock loss and keep the terms."""
-        super().__init__(model, tal_topk=tal_topk)
-        self.terms = nn.ModuleList(terms)
-        items = [t.item for t in self.terms]
-        if len(set(items)) != len(items):
-            raise ValueError(f"two terms report under the same column: {items}")
-        self.alpha = float(alpha)
-        self.conf_weight = conf_weight
-        self.connectors = nn.ModuleDict(connectors or {})
-        self.max_ratio = float(max_ratio)
-        for t in self.terms:
-            if t.source == "feats" and t.name not in self.connectors:
-                raise ValueError(f"feature term '{t.name}' needs connectors (one adapter per level)")
+        v8DetectionLoss.__init__(self, model, tal_topk=tal_topk)
+        self._init_kd(terms, alpha, conf_weight, connectors, max_ratio)
 
     def loss(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Detection loss plus the distillation terms, in the stock contract."""
-        det, items = super().loss(preds, batch)
-        bs = preds["scores"].shape[0]
-        kd: KDBatch | None = batch.get("kd")
-        if kd is None or kd.teacher is None or not len(self.terms):
-            if kd is not None and kd.student_recorder is not None:
-                kd.student_recorder.stop()
-            kd_vec = det.new_zeros(len(self.terms))
-        else:
-            kd_vec = self._terms(preds, kd, det_per_image=det.detach().sum() / bs)
-        items.update({t.item: v for t, v in zip(self.terms, kd_vec.detach())})
-        return torch.cat([det * self.alpha, kd_vec * bs]), items
+        return self._add_kd(*super().loss(preds, batch), preds, batch)
 
-    def _terms(self, preds: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor) -> torch.Tensor:
-        """Evaluate every term in fp32 and apply schedule and cap."""
-        feats = kd.student_recorder.pop() if kd.student_recorder is not None else preds["feats"]
-        student = {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats}
-        teacher = kd.teacher
-        with torch.autocast(preds["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
-            conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
-            sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]
-            context = {
-                "anchor_weight": conf if self.conf_weight else None,
-                "level_weight": [w.unsqueeze(1) for w in conf.split(sizes, dim=1)],
-            }
-            values = []
-            for term in self.terms:
-                s, t = student[term.source], teacher[term.source]
-                if term.source == "feats":
-                    s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
-                values.append(term(s, t, **context))
-            vec = torch.stack(values) * kd.scale
-        if not torch.isfinite(vec).all():  # one host sync per batch for all terms
-            bad = [(t.name, float(v)) for t, v in zip(self.terms, vec.detach()) if not torch.isfinite(v)]
-            raise FloatingPointError(
-                f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
-                f"{bad}); lower kd_T/kd_weights or lr0, or check the teacher's outputs"
-            )
-        if self.max_ratio > 0:  # a term may not swamp the detection loss (why native distillation hurt on BCCD)
-            cap = self.max_ratio * det_per_image
-            vec = vec * (cap / vec.detach().clamp_min(1e-12)).clamp(max=1.0)
-        return vec
+
+class KDE2ELoss(_KDTerms, E2ELoss):
+    """End-to-end students (YOLO26/YOLOv10 heads): the stock one-to-many + one-to-one loss, plus distillation terms on
+    the one-to-many branch (the dense branch the teacher's one-to-many outputs line up with; the one-to-one branch is
+    trained on detached features and keeps learning from the labels alone).
+
+    Args:
+        model (nn.Module): End-to-end student detection model.
+        terms (Sequence[KDTerm]): Distillation terms.
+        alpha (float): Weight of the detection loss.
+        conf_weight (bool): Pass the teacher's per-anchor confidence to anchor-level terms.
+        connectors (dict[str, nn.ModuleList], optional): Adapters per feature term name.
+        max_ratio (float): Cap of each term relative to the detection loss; 0 disables the cap.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        terms: Sequence[KDTerm],
+        alpha: float = 1.0,
+        conf_weight: bool = False,
+        connectors: dict[str, nn.ModuleList] | None = None,
+        max_ratio: float = 0.0,
+    ):
+        """Build the stock end-to-end loss and keep the terms."""
+        E2ELoss.__init__(self, model)
+        self._init_kd(terms, alpha, conf_weight, connectors, max_ratio)
+
+    def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stock end-to-end loss plus the distillation terms on the one-to-many outputs."""
+        det, items = super().__call__(preds, batch)
+        return self._add_kd(det, items, self.one2many.parse_output(preds)["one2many"], batch)

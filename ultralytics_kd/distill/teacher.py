@@ -110,6 +110,11 @@ def check_pair(teacher: nn.Module, student: nn.Module | None = None, data: dict[
     if data is not None:
         names = list(data["names"].values()) if isinstance(data["names"], dict) else list(data["names"])
         t_names = list(teacher.names.values()) if isinstance(teacher.names, dict) else list(teacher.names)
+        t_ch, d_ch = teacher.yaml.get("channels", 3), data.get("channels", 3)
+        if t_ch != d_ch:
+            raise ValueError(
+                f"teacher takes {t_ch}-channel images but the dataset has {d_ch}; use a teacher trained on it"
+            )
         if th.nc != data["nc"] or t_names != names:
             raise ValueError(
                 f"teacher classes ({th.nc}: {t_names}) differ from the dataset's ({data['nc']}: {names}); train the "

@@ -9,8 +9,8 @@ AMP and DDP are Ultralytics' own:
   that ``resume`` restores). Loads and checks the teacher against the dataset.
 - ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
 - ``build_optimizer``: adds the adapters as one more parameter group.
-- ``_setup_train``: installs ``KDDetectionLoss`` on the student, after the EMA copy (so neither the EMA nor its
-  checkpoints carry it), then validates the teacher once.
+- ``_setup_train``: installs ``KDDetectionLoss`` (``KDE2ELoss`` for end-to-end students) on the student, after the
+  EMA copy (so neither the EMA nor its checkpoints carry it), then validates the teacher once.
 - ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``.
 - ``save_model``: adds a ``"kd"`` key (teacher path and hash, settings, adapter weights) to the checkpoints.
 
@@ -37,7 +37,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.distill.connectors import build_connectors
-from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss
+from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import kd_scale
@@ -79,6 +79,29 @@ def _check_before_setup(given: dict[str, Any]) -> None:
         p = given.get(key)
         if p and Path(p).suffix not in {".yaml", ".yml"} and not Path(p).is_file():  # YAML names resolve later
             raise FileNotFoundError(f"{key}='{p}' not found; pass an existing file, e.g. {key}=best.pt")
+
+
+@contextmanager
+def _preserved_rng():
+    """Restore Python, NumPy and torch RNG states after the block.
+
+    The teacher check runs a validation pass, which draws random numbers; without this a distilled run would see other
+    augmentations and batch orders than a scratch run with the same seed, and the comparison would not be like for like.
+    """
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class KDTrainer(DetectionTrainer):
@@ -123,21 +146,17 @@ class KDTrainer(DetectionTrainer):
         """Check the teacher against the built student, then build the terms and adapters before the optimizer."""
         super().set_model_attributes()
         student = self.model
-        if getattr(student.model[-1], "one2one_cv2", None) is not None:
-            raise NotImplementedError(
-                "end-to-end students (YOLOv10/YOLO26 heads with one2one branches) are not supported yet; distil into "
-                "a one-to-many student (e.g. yolov8/yolov9/yolo11 YAML). End-to-end teachers are fine"
-            )
         problems = check_pair(self.teacher.model, student)
         a = self.args
         recipe = get_recipe(a.kd_recipe)
         terms, self.kd_alpha, self.kd_conf_weight = recipe.build(
             a.kd_weights, a.kd_T, a.kd_alpha, a.kd_conf_weight, options={"cwd": {"norm": a.kd_cwd_norm}}
         )
-        if "reg_max" in problems and any(t.name == "ld" for t in terms):
+        t_bins, s_bins = self.teacher.model.model[-1].reg_max, student.model[-1].reg_max
+        if ("reg_max" in problems or s_bins == 1) and any(t.name == "ld" for t in terms):
             LOGGER.warning(
-                f"{PREFIX} teacher reg_max={self.teacher.model.model[-1].reg_max} differs from the student's "
-                f"({student.model[-1].reg_max}): LD compares DFL bins and is switched off"
+                f"{PREFIX} teacher reg_max={t_bins}, student reg_max={s_bins}: LD compares DFL bins (it needs the "
+                f"same reg_max > 1 on both sides) and is switched off"
             )
             terms = [t for t in terms if t.name != "ld"]
         self.kd_terms = terms
@@ -204,7 +223,9 @@ class KDTrainer(DetectionTrainer):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
         super()._setup_train()
         model = unwrap_model(self.model)
-        model.criterion = KDDetectionLoss(
+        end2end = getattr(model.model[-1], "one2one_cv2", None) is not None
+        resumed = getattr(model, "criterion", None)  # an end-to-end resume restores its o2m/o2o schedule here
+        model.criterion = (KDE2ELoss if end2end else KDDetectionLoss)(
             model,
             self.kd_terms,
             alpha=self.kd_alpha,
@@ -212,8 +233,15 @@ class KDTrainer(DetectionTrainer):
             connectors=dict(self.kd_connectors),
             max_ratio=self.args.kd_max_ratio,
         )
+        if end2end and resumed is not None:
+            model.criterion.updates, model.criterion.o2m, model.criterion.o2o = (
+                resumed.updates,
+                resumed.o2m,
+                resumed.o2o,
+            )
         if self.args.kd_teacher_check and RANK in {-1, 0}:
-            self.kd_teacher_metrics = self._check_teacher()
+            with _preserved_rng():
+                self.kd_teacher_metrics = self._check_teacher()
         if self.amp and self.device.type == "cuda":
             self.teacher.half()  # inference only: halves its memory and time under AMP
 
@@ -265,8 +293,9 @@ class KDTrainer(DetectionTrainer):
         """Average adapter gradients across DDP ranks (they live outside the DDP-wrapped student), then step."""
         if self.world_size > 1:
             for p in self.kd_connectors.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                if p.grad is not None:  # SUM then divide: gloo (CPU DDP) has no AVG
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
         super().optimizer_step()
 
     # checkpoints ------------------------------------------------------------------------------------------------------
