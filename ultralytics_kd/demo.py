@@ -25,15 +25,15 @@ STUDENT = str(Path(__file__).parent / "cfg" / "models" / "yolov9-tiny-shufflev2.
 DEFAULTS: dict[str, Any] = dict(
     project="runs/kd_demo",
     name="demo",
-    teacher="yolov8s.yaml",
+    teacher="yolo11s.yaml",
     student=STUDENT,
     n=300,
-    imgsz=160,
+    imgsz=128,
     epochs=15,
-    teacher_epochs=20,
-    batch=16,
+    teacher_epochs=15,
+    batch=8,
     seed=0,
-    difficulty="normal",
+    difficulty="easy",
     workers=2,
     device="cpu",
     kd_recipe="default",
@@ -174,5 +174,5 @@ def run_demo(**overrides: Any) -> Path:
 
 
 def cli(args: dict[str, Any]) -> Path:
-    """``yolo-kd demo [epochs=15 teacher_epochs=20 imgsz=160 n=300 ...]``."""
+    """``yolo-kd demo [epochs=15 teacher_epochs=15 imgsz=128 n=300 ...]``."""
     return run_demo(**args)
