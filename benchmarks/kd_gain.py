@@ -117,8 +117,9 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict:
     row = {"run": name, "settings": {k: v for k, v in kw.items() if k not in {"teacher", "distill_model"}}}
     for split in ("val", "test"):
         m = YOLO(best).val(
-            data=args.data, split=split, imgsz=args.imgsz, batch=args.batch, device=args.device, plots=False
-        )
+            data=args.data, split=split, imgsz=args.imgsz, batch=args.batch, device=args.device, plots=False,
+            project=str(model.trainer.save_dir), name=f"val-{split}", exist_ok=True,
+        )  # fmt: skip
         row[f"{split}_map"], row[f"{split}_map50"] = float(m.box.map), float(m.box.map50)
         row[f"{split}_map_per_class"] = {m.names[i]: float(v) for i, v in enumerate(m.box.maps)}
     row.update(epoch_time_s=train_time["total"] / args.epochs, wall_s=wall, save_dir=str(model.trainer.save_dir))
@@ -172,40 +173,47 @@ def measure_floor(args: argparse.Namespace, repeats: int = 10) -> dict:
 
 
 def print_table(path: Path) -> None:
-    """Markdown table of every (run, epochs, imgsz) in the results file, mean over seeds (latest row per seed)."""
+    """Markdown table per (student, epochs, imgsz, fraction): mean over seeds, latest row per (run, seed)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     if not rows:
         print(f"no results in {path}")
         return
     latest = {}
     for r in rows:
-        latest[(r["run"], r.get("epochs"), r.get("imgsz"), r.get("fraction", 1.0), r.get("seed"))] = r
+        setting = (r.get("student"), r.get("epochs"), r.get("imgsz"), r.get("fraction", 1.0))
+        latest[(*setting, r["run"], r.get("seed"))] = r
     groups = defaultdict(list)
-    for (run, epochs, imgsz, fraction, _), r in latest.items():
-        groups[(epochs, imgsz, fraction, run)].append(r)
+    for key, r in latest.items():
+        groups[key[:5]].append(r)
     mean = lambda rs, k: statistics.fmean(r[k] for r in rs)  # noqa: E731
-    for epochs, imgsz, fraction in sorted({k[:3] for k in groups if k[3] != "floor"}, key=str):
-        print(f"\n### {epochs} epochs, imgsz {imgsz}" + (f", train fraction {fraction}" if fraction != 1.0 else ""))
-        print("| run | seeds | val mAP50-95 | val mAP50 | test mAP50-95 | test mAP50 | epoch time vs scratch |")
-        print("|---|---|---|---|---|---|---|")
-        scratch = groups.get((epochs, imgsz, fraction, "scratch"))
+    for setting in sorted({k[:4] for k in groups if k[4] != "floor"}, key=str):
+        student, epochs, imgsz, fraction = setting
+        keys = sorted((k for k in groups if k[:4] == setting and k[4] != "floor"), key=_order)
+        classes = list(groups[keys[0]][0].get("test_map_per_class") or {})
+        print(f"\n### {student}, {epochs} epochs, imgsz {imgsz}" + (f", fraction {fraction}" if fraction != 1 else ""))
+        head = ["run", "seeds", "val mAP50-95", "val mAP50", "test mAP50-95", "test mAP50"]
+        head += [f"test {c}" for c in classes] + ["epoch time vs scratch"]
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        scratch = groups.get((*setting, "scratch"))
         base = mean(scratch, "epoch_time_s") if scratch else None
-        for key in sorted((k for k in groups if k[:3] == (epochs, imgsz, fraction) and k[3] != "floor"), key=_order):
+        for key in keys:
             rs = groups[key]
-            rel = f"{mean(rs, 'epoch_time_s') / base:.2f}x" if base else "n/a"
-            cells = " | ".join(f"{mean(rs, k):.3f}" for k in ("val_map", "val_map50", "test_map", "test_map50"))
-            print(f"| {key[3]} | {len(rs)} | {cells} | {rel} |")
-        floors = [r for k, rs in groups.items() if k[3] == "floor" and k[1] == imgsz for r in rs]
+            cells = [f"{mean(rs, k):.3f}" for k in ("val_map", "val_map50", "test_map", "test_map50")]
+            cells += [f"{statistics.fmean(r['test_map_per_class'][c] for r in rs):.3f}" for c in classes]
+            cells.append(f"{mean(rs, 'epoch_time_s') / base:.2f}x" if base else "n/a")
+            print(f"| {key[4]} | {len(rs)} | " + " | ".join(cells) + " |")
+        floors = [r for k, rs in groups.items() if k[4] == "floor" and k[0] == student and k[2] == imgsz for r in rs]
         if floors:
             f = floors[-1]
             print(
                 f"\nFloor (teacher forward {f['teacher_fwd_s'] * 1e3:.0f} ms / student step "
-                f"{f['student_step_s'] * 1e3:.0f} ms at batch {f.get('batch')}): {f['floor']:.2f}x"
+                f"{f['student_step_s'] * 1e3:.0f} ms at batch {f.get('batch')}, {f.get('threads')} threads): "
+                f"{f['floor']:.2f}x"
             )
 
 
 def _order(key) -> tuple:
-    run = key[3]
+    run = key[4]
     rank = 0 if run == "scratch" else 1 if run.startswith("native") else 3 if run in {"default", "seed"} else 2
     return rank, run
 
@@ -235,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     common = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "seed", "fraction", "student", "device")}
     for name in runs:
         row = measure_floor(args) if name == "floor" else train_and_test(name, args)
+        if args.kd and name not in {"scratch", "floor"} and not name.startswith("native"):
+            row["run"] = f"{name} [{' '.join(args.kd)}]"  # a variant: keep it apart from the plain run in the table
         row = {
             **common,
             **row,

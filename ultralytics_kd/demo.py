@@ -151,7 +151,7 @@ def run_demo(**overrides: Any) -> Path:
 
     _say("5/6 validating all three, fusing and exporting each to ONNX, timing ONNX Runtime")
     rows = [
-        measure_model(name, w, cfg["data"], cfg["imgsz"])
+        measure_model(name, w, cfg["data"], cfg["imgsz"], project=save_dir)
         for name, w in (("teacher", teacher), ("student scratch", scratch), ("student distilled", distilled))
     ]
     onnx_file = distilled.with_suffix(".onnx")

@@ -138,6 +138,7 @@ def measure_model(
     imgsz: int,
     onnx_file: str | Path | None = None,
     split: str = "val",
+    project: str | Path | None = None,
 ) -> ModelRow:
     """Measure one model for the table: params and GFLOPs of the fused model, mAP, ONNX latency, checkpoint size.
 
@@ -148,6 +149,7 @@ def measure_model(
         imgsz (int): Image size for validation, FLOPs and latency.
         onnx_file (str | Path, optional): An exported ONNX file; exported here (fused, simplified) when omitted.
         split (str): Split to validate on.
+        project (str | Path, optional): Folder for the validation run (Ultralytics' default: runs/detect/val*).
 
     Returns:
         (ModelRow): The measured row.
@@ -156,7 +158,10 @@ def measure_model(
     from ultralytics.utils.torch_utils import get_flops
 
     model = YOLO(weights)
-    metrics = model.val(data=str(data), imgsz=imgsz, split=split, batch=8, workers=0, plots=False, verbose=False)
+    val_dir = {"project": str(project), "name": f"val-{name}".replace(" ", "-")} if project else {}
+    metrics = model.val(
+        data=str(data), imgsz=imgsz, split=split, batch=8, workers=0, plots=False, verbose=False, **val_dir
+    )
     fused = model.model.fuse(verbose=False)
     params = sum(p.numel() for p in fused.parameters())
     gflops = get_flops(fused, imgsz)

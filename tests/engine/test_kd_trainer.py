@@ -122,6 +122,13 @@ def test_kd_columns_in_results_csv_finite_and_nonzero(kd_run):
     assert trainer.loss_names == ("box_loss", "cls_loss", "dfl_loss", *KD_COLUMNS)
 
 
+def test_kd_report_written_at_train_end(kd_run):
+    _, trainer, _ = kd_run
+    report = (trainer.save_dir / "kd_report.md").read_text()
+    assert "Teacher on val before training" in report and "kd_losses.png" in report
+    assert (trainer.save_dir / "kd_losses.png").stat().st_size > 0 and (trainer.save_dir / "kd_map.png").is_file()
+
+
 def test_teacher_check_ran_and_warned(kd_run):
     _, trainer, warnings = kd_run
     assert trainer.kd_teacher_metrics is not None and "metrics/mAP50(B)" in trainer.kd_teacher_metrics
@@ -162,11 +169,13 @@ def test_zero_weight_distillation_reproduces_scratch(plain_run, data_yaml, teach
         assert kd[col] == plain[col], col
 
 
-def test_student_loads_in_plain_ultralytics(kd_run, data_yaml):
+def test_student_loads_in_plain_ultralytics(kd_run, data_yaml, tmp_path):
     _, trainer, _ = kd_run
     model = YOLO(trainer.best)
-    assert model.predict(torch.zeros(1, 3, 64, 64), verbose=False)[0].boxes is not None
-    metrics = model.val(data=str(data_yaml), imgsz=64, batch=4, plots=False, device="cpu", verbose=False)
+    assert model.predict(torch.zeros(1, 3, 64, 64), verbose=False, save=False)[0].boxes is not None
+    metrics = model.val(
+        data=str(data_yaml), imgsz=64, batch=4, plots=False, device="cpu", verbose=False, project=str(tmp_path)
+    )
     assert 0.0 <= metrics.box.map <= 1.0
 
 

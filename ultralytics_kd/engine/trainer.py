@@ -134,6 +134,7 @@ class KDTrainer(DetectionTrainer):
         self.kd_teacher_metrics = None
         self._kd_resume, self._kd_batch = None, 0
         self._kd_student_rec = self._kd_teacher_rec = None
+        self.add_callback("on_train_end", _write_report)
 
     # setup ------------------------------------------------------------------------------------------------------------
     def setup_model(self):
@@ -339,3 +340,13 @@ class KDTrainer(DetectionTrainer):
             )
         if state.get("connectors"):
             self.kd_connectors.load_state_dict(state["connectors"])
+
+
+def _write_report(trainer: KDTrainer) -> None:
+    """Write kd_report.md and its plots into the run folder; a failed report never fails the finished training."""
+    from ultralytics_kd.report import write_report
+
+    try:
+        write_report(trainer.save_dir)
+    except Exception as e:
+        LOGGER.warning(f"{PREFIX} could not write kd_report.md in {trainer.save_dir}: {type(e).__name__}: {e}")
