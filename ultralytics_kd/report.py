@@ -49,11 +49,7 @@ def read_results(run: Path) -> dict[str, list[float]]:
 
 def plot_kd_losses(run: Path) -> Path | None:
     """Plot every ``train/kd*`` loss column over epochs, beside the stock detection losses; None if there are none."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cols = read_results(run)
     kd = sorted(k for k in cols if k.startswith("train/kd"))
     if not kd:
@@ -74,11 +70,7 @@ def plot_kd_losses(run: Path) -> Path | None:
 
 def plot_map(run: Path, teacher: dict[str, float] | None = None, scratch: Path | None = None) -> Path:
     """Plot the student's val mAP over epochs, the teacher's as a line, and optionally a scratch run's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cols = read_results(run)
     fig, ax = plt.subplots(figsize=(7, 4), tight_layout=True)
     ax.plot(cols["epoch"], cols[MAP], marker=".", label="student (distilled) mAP50-95")
@@ -98,11 +90,7 @@ def plot_map(run: Path, teacher: dict[str, float] | None = None, scratch: Path |
 
 def plot_tradeoff(rows: list[ModelRow], out: Path) -> Path:
     """Scatter mAP50-95 against ONNX Runtime latency, one labelled point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), tight_layout=True)
     for r in rows:
         ax.scatter(r.latency_ms, r.map50_95, s=40)
@@ -253,6 +241,16 @@ def cli(args: dict[str, Any]) -> Path:
     if not (Path(run) / "results.csv").exists():
         raise FileNotFoundError(f"yolo-kd report: no results.csv in '{run}'. Point run= at a training run's folder.")
     return write_report(run, scratch=args.get("scratch"))
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _teacher_metrics(run: Path) -> dict[str, float] | None:
