@@ -141,3 +141,26 @@ def test_engine_export_without_gpu_is_clear(tmp_path):
     _save_unfused(yaml_path, tmp_path / "gelan.pt")
     with pytest.raises(Exception, match="(?i)cuda|gpu"):
         YOLO(tmp_path / "gelan.pt").export(format="engine", imgsz=64)
+
+
+def test_fused_graph_equals_stock_twin():
+    """The fused student is the same network as its plain stock twin: same ops, same conv shapes, in order.
+
+    This is what makes latency parity with the twin hold by construction (benchmarks/fusion.py measures it).
+    """
+    import io
+    import sys
+
+    onnx = pytest.importorskip("onnx")
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    from fusion import _Head, variants
+
+    graphs = {}
+    for k, m in variants(Path(__file__).parents[2] / "cfg" / "models" / "yolov9-tiny-gelan-rep.yaml", 3).items():
+        f = io.BytesIO()
+        torch.onnx.export(_Head(m), torch.zeros(1, 3, 64, 64), f, opset_version=17, dynamo=False)
+        g = onnx.load_from_string(f.getvalue()).graph
+        shapes = {i.name: tuple(i.dims) for i in g.initializer}
+        graphs[k] = [(n.op_type, shapes.get(n.input[1]) if n.op_type == "Conv" else None) for n in g.node]
+    assert graphs["fused"] == graphs["twin"]
+    assert len(graphs["unfused"]) > len(graphs["fused"])
