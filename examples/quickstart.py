@@ -6,8 +6,10 @@ python examples/quickstart.py epochs=3 n=60   # any demo key=value scales it
 
 import sys
 
+from ultralytics.cfg import smart_value
+
 from ultralytics_kd.demo import run_demo
 
 if __name__ == "__main__":
-    overrides = dict(a.split("=", 1) for a in sys.argv[1:])
+    overrides = {k: smart_value(v) for k, v in (a.split("=", 1) for a in sys.argv[1:])}
     run_demo(**overrides)

@@ -1,21 +1,30 @@
-"""The demo end to end at tiny settings, the report it writes, and its input checks."""
+"""The demo end to end at tiny settings (through examples/quickstart.py), its report, and its input checks."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
+from tests.conftest import ROOT
 from ultralytics_kd.demo import STUDENT, demo_dir, run_demo
 from ultralytics_kd.report import cli as report_cli
 
 
 @pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path):
-    out = run_demo(project=tmp_path, n=24, imgsz=64, epochs=1, teacher_epochs=1, batch=8, workers=0)
-    assert out == (tmp_path / "demo").resolve()
+    # through examples/quickstart.py, as a user runs it (it calls run_demo)
+    args = ["n=24", "imgsz=64", "epochs=1", "teacher_epochs=1", "batch=8", "workers=0", f"project={tmp_path}"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), *args], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "demo"
+    assert "6/6 writing the report" in proc.stdout + proc.stderr
     for f in (
         "demo_table.md",
         "distilled/kd_report.md",

@@ -91,6 +91,8 @@ def _check(overrides: dict[str, Any]) -> dict[str, Any]:
         "epochs": (1, 10_000),
         "teacher_epochs": (1, 10_000),
         "batch": (1, 1024),
+        "seed": (0, 2**31 - 1),
+        "workers": (0, 64),
     }
     for key, (lo, hi) in limits.items():
         try:
