@@ -95,3 +95,26 @@ def test_recorder_hooks_live_only_inside_the_block():
     assert all(torch.equal(a, b) for a, b in zip(rec.features, out["feats"]))
     with pytest.raises(ValueError, match="out of range"):
         FeatureRecorder(m, [99])
+
+
+def test_frozen_teacher_is_fused_with_same_outputs():
+    import copy
+
+    import torch
+
+    from ultralytics_kd.distill.teacher import FrozenTeacher
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    for m in model.modules():  # non-trivial BN statistics, or folding them would change nothing
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[1]
+    teacher = FrozenTeacher(copy.deepcopy(model))
+    assert teacher.model.is_fused() and not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
+    out = teacher(x)
+    for k in ("boxes", "scores"):
+        assert ((out[k] - ref[k]).abs().max() / ref[k].abs().max()) < 1e-4
