@@ -11,7 +11,7 @@ from ultralytics_kd.distill.settings import KD_CFG_PATH, KD_DEFAULTS
 def test_default_recipe_is_cls_bce_plus_ld_confidence_weighted():
     """The starting default: sigmoid-BCE class KD + LD at T=2, anchors weighted by teacher confidence."""
     terms, alpha, conf = get_recipe("default").build()
-    assert [(t.name, t.weight, t.tau) for t in terms] == [("cls_bce", 2.0, 2.0), ("ld", 2.0, 2.0)]
+    assert [(t.name, t.weight, t.tau) for t in terms] == [("cls_bce", 0.25, 2.0), ("ld", 0.25, 2.0)]
     assert (alpha, conf) == (1.0, True)
 
 
