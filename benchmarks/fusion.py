@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
@@ -45,7 +44,7 @@ def variants(path: Path, nc: int) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     unfused = DetectionModel(str(path), nc=nc, verbose=False).eval()
     out = {"unfused": unfused, "fused": copy.deepcopy(unfused).fuse(verbose=False)}
-    d = yaml.safe_load(path.read_text())
+    d = copy.deepcopy(unfused.yaml)  # the parsed YAML, also for stock names such as yolov9t.yaml
     rows = d["backbone"] + d["head"]
     if any(r[2] in TWIN for r in rows):
         for r in rows:
@@ -92,7 +91,8 @@ def ort_session(model: nn.Module, imgsz: int, threads: int):
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     rows = []
-    for path in sorted((ROOT / "cfg" / "models").glob("*.yaml")):
+    paths = [Path(p) for p in args.models] if args.models else sorted((ROOT / "cfg" / "models").glob("*.yaml"))
+    for path in paths:
         models = variants(path, args.nc)
         params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
         for imgsz in args.imgsz:
@@ -122,4 +122,5 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--nc", type=int, default=80)
+    p.add_argument("--models", nargs="*", help="model YAMLs (default: every student in cfg/models), e.g. yolov9t.yaml")
     main(p.parse_args())
