@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["TERMS", "KDTerm", "anchor_mean", "register_term"]
@@ -69,3 +70,10 @@ def anchor_mean(per_anchor: torch.Tensor, weight: torch.Tensor | None = None) ->
         return per_anchor.mean()
     weight = weight.to(per_anchor.dtype)
     return (per_anchor * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def tempered_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
+    """KL(softmax(teacher / tau) || softmax(student / tau)) along ``dim``, in fp32; ``dim`` is summed away."""
+    log_s = F.log_softmax(student.float() / tau, dim=dim)
+    log_t = F.log_softmax(teacher.float() / tau, dim=dim)
+    return (log_t.exp() * (log_t - log_s)).sum(dim)

@@ -11,9 +11,8 @@ loss. It is kept because the seed recipe uses it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ultralytics_kd.distill.losses.base import KDTerm, anchor_mean, register_term
+from ultralytics_kd.distill.losses.base import KDTerm, anchor_mean, register_term, tempered_kl
 
 
 @register_term
@@ -45,7 +44,5 @@ class ClassKL(KDTerm):
             (torch.Tensor): Scalar loss.
         """
         t = self.tau
-        log_s = F.log_softmax(student.float() / t, dim=1)
-        log_t = F.log_softmax(teacher.float() / t, dim=1)
-        kl = (log_t.exp() * (log_t - log_s)).sum(1)  # (B, A)
+        kl = tempered_kl(student, teacher, t, dim=1)  # (B, A)
         return self.weight * t * t * anchor_mean(kl, anchor_weight)

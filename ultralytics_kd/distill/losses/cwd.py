@@ -13,9 +13,8 @@ https://arxiv.org/abs/2207.02039), which removes magnitude gaps between heteroge
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ultralytics_kd.distill.losses.base import KDTerm, register_term
+from ultralytics_kd.distill.losses.base import KDTerm, register_term, tempered_kl
 
 
 def _channel_norm(x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +64,5 @@ class ChannelWiseDistill(KDTerm):
             s, tc = s.float(), tc.float()
             if self.norm:
                 s, tc = _channel_norm(s), _channel_norm(tc)
-            log_s = F.log_softmax(s.flatten(2) / t, dim=2)  # (B, C, H*W)
-            log_t = F.log_softmax(tc.flatten(2) / t, dim=2)
-            loss = loss + (log_t.exp() * (log_t - log_s)).sum(2).mean()
+            loss = loss + tempered_kl(s.flatten(2), tc.flatten(2), t, dim=2).mean()  # over (B, C)
         return self.weight * t * t * loss / len(student)

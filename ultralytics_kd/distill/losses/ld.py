@@ -10,9 +10,8 @@ weighted by the teacher's confidence when the recipe asks for it.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ultralytics_kd.distill.losses.base import KDTerm, anchor_mean, register_term
+from ultralytics_kd.distill.losses.base import KDTerm, anchor_mean, register_term, tempered_kl
 
 
 @register_term
@@ -45,7 +44,5 @@ class LocalizationDistill(KDTerm):
         """
         b, c, a = student.shape
         t = self.tau
-        log_s = F.log_softmax(student.float().view(b, 4, c // 4, a) / t, dim=2)
-        log_t = F.log_softmax(teacher.float().view(b, 4, c // 4, a) / t, dim=2)
-        kl = (log_t.exp() * (log_t - log_s)).sum(2).mean(1)  # (B, A)
+        kl = tempered_kl(student.view(b, 4, c // 4, a), teacher.view(b, 4, c // 4, a), t, dim=2).mean(1)  # (B, A)
         return self.weight * t * t * anchor_mean(kl, anchor_weight)
