@@ -110,6 +110,18 @@ def test_gradients_reach_student_and_adapters(kd_run):
     assert len(adapter_group) == 1 and len(adapter_group[0]["params"]) == len(list(trainer.kd_connectors.parameters()))
 
 
+def test_adapter_gradients_are_clipped(kd_run):
+    _, trainer, _ = kd_run
+    params = list(trainer.kd_connectors.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, 1e3)
+    trainer.clip_adapter_grads(max_norm=10.0)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert norm == pytest.approx(10.0, rel=1e-3)  # was 1e3 * sqrt(n)
+    for p in params:
+        p.grad = None
+
+
 def test_kd_columns_in_results_csv_finite_and_nonzero(kd_run):
     _, trainer, _ = kd_run
     rows = _csv(trainer.csv)

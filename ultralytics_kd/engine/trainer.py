@@ -291,13 +291,25 @@ class KDTrainer(DetectionTrainer):
         return batch
 
     def optimizer_step(self):
-        """Average adapter gradients across DDP ranks (they live outside the DDP-wrapped student), then step."""
+        """Average adapter gradients across DDP ranks (they live outside the DDP-wrapped student), clip them, step."""
         if self.world_size > 1:
             for p in self.kd_connectors.parameters():
                 if p.grad is not None:  # SUM then divide: gloo (CPU DDP) has no AVG
                     dist.all_reduce(p.grad)
                     p.grad /= self.world_size
+        self.clip_adapter_grads()
         super().optimizer_step()
+
+    def clip_adapter_grads(self, max_norm: float = 10.0) -> None:
+        """Clip the adapters' gradient norm as the stock step clips the student's (which does not see the adapters).
+
+        The stock step unscales AMP gradients itself and a second ``unscale_`` is an error, so the bound is scaled
+        instead: clipping scaled gradients at ``max_norm * scale`` equals clipping the unscaled ones at ``max_norm``.
+        """
+        params = [p for p in self.kd_connectors.parameters() if p.grad is not None]
+        if params:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm * scale)
 
     # checkpoints ------------------------------------------------------------------------------------------------------
     def kd_state(self) -> dict[str, Any]:
