@@ -143,8 +143,12 @@ def test_engine_runner_names_the_install(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_engine_export_on_cpu_fails_first(student, tmp_path):
     """The preflight runs before Ultralytics' exporter picks device 0 or writes an ONNX file."""
+    from ultralytics_kd import cli
+
     with pytest.raises(RuntimeError, match="needs an NVIDIA GPU.*use format=onnx here"):
         student.export(format="engine", imgsz=64, project=str(tmp_path))
+    with pytest.raises(RuntimeError, match="needs an NVIDIA GPU"):
+        cli.entrypoint(["export", f"model={GELAN}", "format=trt", "imgsz=64"])  # the 'trt' alias too
     assert not list(tmp_path.rglob("*.onnx"))
 
 
