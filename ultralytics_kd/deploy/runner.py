@@ -66,7 +66,7 @@ class _Runner:
     imgsz: tuple[int, int]
     stride: int = 32
     names: dict[int, str]
-    batch: int = 1
+    batch: int | None = 1  # the largest batch one call takes; None for no limit
     dynamic: bool = False
     end2end: bool = False
     device: torch.device
@@ -93,17 +93,19 @@ class _Runner:
         return im.to(self.device, self.dtype)
 
     def __call__(self, im: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
-        """Raw head outputs for a BCHW batch of any size: larger batches than a static engine's run in chunks."""
+        """Raw head outputs for a BCHW batch of any size: batches larger than the export's (or its profile's) largest
+        run in chunks."""
         im = self.check_input(im)
-        if self.dynamic or im.shape[0] == self.batch:
+        n = im.shape[0]
+        if n == self.batch or (self.dynamic and (self.batch is None or n <= self.batch)):
             return [y.clone() for y in self.forward(im)]
         chunks = []
         for i in range(0, im.shape[0], self.batch):
             part = im[i : i + self.batch]
-            n = part.shape[0]
-            if n < self.batch:  # pad the last chunk to the static batch, then drop the padding
-                part = torch.cat([part, part.new_zeros((self.batch - n, *part.shape[1:]))])
-            chunks.append([y[:n].clone() for y in self.forward(part)])
+            k = part.shape[0]
+            if k < self.batch and not self.dynamic:  # pad the last chunk to the static batch, then drop the padding
+                part = torch.cat([part, part.new_zeros((self.batch - k, *part.shape[1:]))])
+            chunks.append([y[:k].clone() for y in self.forward(part)])
         return [torch.cat(ys) for ys in zip(*chunks)]
 
     def forward(self, im: torch.Tensor) -> list[torch.Tensor]:
@@ -171,7 +173,7 @@ class OnnxRunner(_Runner):
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.dynamic = not all(isinstance(d, int) for d in inp.shape)
-        self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else int(meta.get("batch", 1))
+        self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None  # None: any batch size
         self.imgsz = tuple(meta.get("imgsz") or inp.shape[2:])
         self.stride = int(meta.get("stride", 32))
         self.names = meta.get("names") or {}
