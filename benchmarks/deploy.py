@@ -8,19 +8,17 @@ and of image-relative boxes (pixels / imgsz), the largest box difference in pixe
 
     python benchmarks/deploy.py --data ../shared/data/bccd/data.yaml --imgsz 320 --threads 1 \\
         --models teacher=../shared/teachers/bccd-yolov9s-320.pt \\
-                 scratch=runs/kd_gain/scratch-e40-s0-*/weights/best.pt \\
-                 distilled=runs/kd_gain/default-e40-s0-*/weights/best.pt
+                 scratch=kd_gain:scratch distilled=kd_gain:default
 
-Model paths may be globs (the newest match is taken); each is copied to a temporary folder first, so no export
-lands beside your weights. Rows go to ``--out``
-(JSON lines); ``--table`` prints them as markdown.
+``kd_gain:<run>`` is the latest finished 40-epoch seed-0 run of that name in benchmarks/results/kd_gain.jsonl. Each
+model is copied to a temporary folder first, so no export lands beside your weights. Rows go to ``--out`` (JSON
+lines); ``--table`` prints them as markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import shutil
 import statistics
@@ -40,18 +38,28 @@ import ultralytics_kd  # noqa: F401  (registers the blocks and the fusion hook)
 from ultralytics_kd.deploy import EngineRunner, OnnxRunner
 
 ROOT = Path(__file__).resolve().parents[1]
+KD_GAIN = ROOT / "benchmarks" / "results" / "kd_gain.jsonl"
 PARITY = {"onnxruntime-cpu": 1e-4, "trt-fp32": 1e-3}  # max abs difference allowed against PyTorch; FP16/INT8 use cosine
 
 
 def resolve(spec: str) -> Path:
-    """A path or a glob, newest match first; a clear error naming the command that makes it."""
-    matches = sorted(glob.glob(spec), key=lambda p: Path(p).stat().st_mtime) if any(c in spec for c in "*?[") else []
-    path = Path(matches[-1] if matches else spec)
+    """A checkpoint path, or ``kd_gain:<run>[:<epochs>[:<seed>]]`` for the best.pt of the latest finished
+    benchmarks/kd_gain.py run of that name (40 epochs and seed 0 unless given): its results file only lists finished
+    runs, so a run still training is never picked up."""
+    if spec.startswith("kd_gain:"):
+        name, epochs, seed = ([*spec.split(":")[1:], "40", "0"])[:3]
+        rows = [json.loads(x) for x in KD_GAIN.read_text().splitlines() if x.strip()] if KD_GAIN.exists() else []
+        rows = [r for r in rows if r["run"] == name and r.get("epochs") == int(epochs) and r.get("seed") == int(seed)]
+        path = Path(rows[-1]["save_dir"]) / "weights" / "best.pt" if rows else None
+        if path is None or not path.is_file():
+            raise SystemExit(
+                f"{spec}: no finished kd_gain run '{name}' ({epochs} epochs, seed {seed}) with weights here; "
+                f"train it with: python benchmarks/kd_gain.py --runs {name} --epochs {epochs} --seed {seed}"
+            )
+        return path
+    path = Path(spec)
     if not path.is_file():
-        raise SystemExit(
-            f"{spec}: no such model. Train the students first with benchmarks/kd_gain.py (runs scratch and default), "
-            "or pass paths to your own checkpoints"
-        )
+        raise SystemExit(f"{spec}: no such checkpoint; pass name=path pairs, or name=kd_gain:<run> for a benchmark run")
     return path
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -11,16 +14,26 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import deploy  # noqa: E402
 
 
-def test_deploy_benchmark_cpu_rows(data_yaml, teacher_pt, tmp_path, capsys):
+def test_deploy_benchmark_cpu_rows(data_yaml, teacher_pt, tmp_path, capsys, monkeypatch):
     weights_dir = teacher_pt.parent
+    if not (weights_dir / "best.pt").exists():  # kd_gain runs are read through their best.pt
+        shutil.copy(teacher_pt, weights_dir / "best.pt")
     before = sorted(p.name for p in weights_dir.iterdir())
+    results = tmp_path / "kd_gain.jsonl"  # a finished kd_gain run, as benchmarks/kd_gain.py records it
+    run = {"run": "default", "epochs": 40, "seed": 0, "save_dir": str(weights_dir.parent)}
+    results.write_text(json.dumps({**run, "save_dir": "elsewhere"}) + "\n" + json.dumps(run) + "\n")
+    monkeypatch.setattr(deploy, "KD_GAIN", results)
+    with pytest.raises(SystemExit, match="python benchmarks/kd_gain.py --runs scratch --epochs 40 --seed 0"):
+        deploy.resolve("kd_gain:scratch")
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        deploy.resolve(str(tmp_path / "missing.pt"))
     out = tmp_path / "deploy.jsonl"
-    argv = ["--models", f"t={weights_dir}/las*.pt", "--data", str(data_yaml), "--imgsz", "64", "--batches", "1", "2"]
+    argv = ["--models", "t=kd_gain:default", "--data", str(data_yaml), "--imgsz", "64", "--batches", "1", "2"]
     deploy.main(deploy.parse_args([*argv, "--reps", "2", "--warmup", "1", "--out", str(out)]))
     rows = {r["runtime"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert set(rows) == {"pytorch-cpu", "onnxruntime-cpu"}
     pt, ort = rows["pytorch-cpu"], rows["onnxruntime-cpu"]
-    assert pt["params_M"] > 1 and pt["gflops"] > 0 and pt["weights"].endswith("last.pt")
+    assert pt["params_M"] > 1 and pt["gflops"] > 0 and pt["weights"] == str(weights_dir / "best.pt")
     assert ort["max_abs"] <= 1e-4 and ort["cosine"] > 0.99999
     assert all(r["b1_ms"] > 0 and r["b2_ms"] > 0 and r["b2_p90_ms"] >= r["b2_ms"] for r in rows.values())
     assert ort["pre_ms_per_img"] > 0 and ort["post_ms_per_img"] > 0
