@@ -165,7 +165,7 @@ class OnnxRunner(_Runner):
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        meta = {k: v for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
         for k in ("imgsz", "names", "args", "stride", "batch", "end2end"):
             if k in meta:
                 meta[k] = ast.literal_eval(meta[k])
