@@ -51,12 +51,17 @@ def read_engine_header(path: str | Path) -> tuple[int, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"engine file {path} not found; build one: yolo-kd export model=best.pt format=engine")
     offset, meta = BaseBackend.engine_header(path)
-    for k in ("imgsz", "names", "args"):
+    return offset, _parse_metadata(meta)
+
+
+def _parse_metadata(meta: dict) -> dict:
+    """Ultralytics metadata as stored (strings in ONNX, JSON in engine headers) back to Python values, int class ids."""
+    for k in ("imgsz", "names", "args", "stride", "batch", "end2end"):
         if isinstance(meta.get(k), str):
             meta[k] = ast.literal_eval(meta[k])
     if isinstance(meta.get("names"), dict):
         meta["names"] = {int(k): v for k, v in meta["names"].items()}
-    return offset, meta
+    return meta
 
 
 class _Runner:
@@ -165,10 +170,7 @@ class OnnxRunner(_Runner):
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        for k in ("imgsz", "names", "args", "stride", "batch", "end2end"):
-            if k in meta:
-                meta[k] = ast.literal_eval(meta[k])
+        meta = _parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_names = [o.name for o in self.session.get_outputs()]
