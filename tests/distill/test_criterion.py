@@ -153,3 +153,63 @@ def test_student_recorder_is_popped_and_removed(pair):
     items = crit(preds, {**pair.batch, "kd": KDBatch(teacher, student_recorder=rec)})[1]
     assert float(items["kdmse_loss"]) > 0
     assert all(not pair.student.model[i]._forward_hooks for i in layers)
+
+
+# label assignment distillation ----------------------------------------------------------------------------------------
+def test_teacher_boxes_match_the_stock_decoder(pair):
+    """``teacher_boxes`` decodes a teacher's DFL outputs as the teacher's own stock criterion would, in pixels."""
+    from ultralytics.utils.tal import make_anchors
+
+    from ultralytics_kd.distill.criterion import teacher_boxes
+
+    pair.teacher.args = get_cfg()
+    stock = v8DetectionLoss(pair.teacher)
+    anchors, strides = make_anchors(pair.t_out["feats"], stock.stride, 0.5)
+    expected = stock.bbox_decode(anchors, pair.t_out["boxes"].permute(0, 2, 1)) * strides
+    got = teacher_boxes(pair.t_out["boxes"], _student_preds(pair)["feats"], stock.stride)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_lad_assigns_from_the_teacher(pair):
+    """kd_lad: the positives are those the stock assigner picks from the teacher's predictions, not the student's."""
+    from ultralytics.utils.tal import make_anchors
+
+    from ultralytics_kd.distill.criterion import TeacherAssigner
+
+    preds = _student_preds(pair)
+    stock = v8DetectionLoss(pair.student)
+    lad = KDDetectionLoss(pair.student, [], lad=True)
+    assert isinstance(lad.assigner, TeacherAssigner)
+    kd_batch = {**pair.batch, "kd": KDBatch(pair.t_out)}
+
+    # the reference: the stock assigner called by hand on the teacher's decoded outputs
+    pair.teacher.args = get_cfg()
+    t_crit = v8DetectionLoss(pair.teacher)
+    anchors, strides = make_anchors(pair.t_out["feats"], t_crit.stride, 0.5)
+    t_boxes = t_crit.bbox_decode(anchors, pair.t_out["boxes"].permute(0, 2, 1)) * strides
+    targets = stock.preprocess(
+        torch.cat((pair.batch["batch_idx"].view(-1, 1), pair.batch["cls"], pair.batch["bboxes"]), 1), 2,
+        scale_tensor=torch.tensor([64.0, 64.0, 64.0, 64.0]),
+    )  # fmt: skip
+    labels, gt = targets.split((1, 4), 2)
+    expected = stock.assigner(
+        pair.t_out["scores"].permute(0, 2, 1).sigmoid(), t_boxes, anchors * strides, labels, gt, gt.sum(2, True).gt(0)
+    )
+
+    # what the criterion assigned, read back through a spy on the wrapped assigner
+    seen = []
+    hook = lad.assigner.assigner.register_forward_hook(lambda m, args, out: seen.append(out))
+    total, items = lad(preds, kd_batch)
+    hook.remove()
+    hook = stock.assigner.register_forward_hook(lambda m, args, out: seen.append(out))
+    stock(preds, pair.batch)
+    hook.remove()
+    (got, own), names = seen, ("labels", "bboxes", "scores", "fg_mask", "gt_idx")
+    for name, g, e in zip(names, got, expected):
+        torch.testing.assert_close(g, e, msg=f"target {name} differs from the teacher-fed stock assigner's")
+    assert not torch.allclose(got[2], own[2])  # the student's own predictions give other target scores
+    assert lad.assigner.preds is None  # nothing of the batch stays on the criterion
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss"] and torch.isfinite(total).all()
+
+    # gradients still flow into the student only through the stock loss; without a teacher LAD is the stock loss
+    assert float(lad(preds, pair.batch)[0].sum()) == pytest.approx(float(stock(preds, pair.batch)[0].sum()), rel=1e-6)

@@ -118,3 +118,11 @@ def test_frozen_teacher_is_fused_with_same_outputs():
     out = teacher(x)
     for k in ("boxes", "scores"):
         assert ((out[k] - ref[k]).abs().max() / ref[k].abs().max()) < 1e-4
+
+
+def test_lad_in_recipe_names():
+    """'lad' is a recipe of its own (no loss term) and a switch inside '+'-joined names."""
+    assert get_recipe("lad").lad and get_recipe("lad").terms == ()
+    r = get_recipe("lad+ld")
+    assert r.lad and [t.name for t in r.terms] == ["ld"]
+    assert not get_recipe("default").lad and not get_recipe("cls_bce+ld").lad

@@ -412,3 +412,36 @@ def test_compile_true_distills(data_yaml, teacher_pt, tiny, tmp_path):
     )  # fmt: skip
     assert type(model.trainer.model).__name__ == "OptimizedModule"
     assert float(_csv(model.trainer.csv)[0]["train/kdcwd_loss"]) > 0
+
+
+def test_lad_recipe_trains_with_teacher_assignment(data_yaml, teacher_pt, tiny, tmp_path):
+    """kd_recipe=lad: no KD column, the criterion assigns from the teacher on every training batch."""
+    from ultralytics_kd.distill.criterion import TeacherAssigner
+
+    fed = []
+
+    def spy(trainer):  # record, at every assignment, whether the teacher's predictions were fed in
+        assigner = trainer.model.criterion.assigner
+        assert isinstance(assigner, TeacherAssigner)
+        assigner.register_forward_pre_hook(lambda m, args: fed.append(m.preds is not None))
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_start", spy)
+    model.train(
+        trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_recipe="lad",
+        kd_teacher_check=False, project=str(tmp_path), name="lad", **tiny,
+    )  # fmt: skip
+    trainer = model.trainer
+    assert trainer.kd_lad and trainer.kd_terms == [] and len(fed) == 2 and all(fed)  # 8 images, batch 4
+    row = _csv(trainer.csv)[0]
+    assert not [k for k in row if "kd" in k] and all(map(math.isfinite, map(float, row.values())))
+
+
+def test_lad_refuses_end2end_student(data_yaml, teacher_pt, tiny, tmp_path):
+    model = YOLO("yolo26n.yaml")
+    model.add_callback("on_train_batch_start", _no_batches)
+    with pytest.raises(ValueError, match="kd_lad=True assigns"):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_lad=True,
+            kd_teacher_check=False, project=str(tmp_path), name="x", **tiny,
+        )  # fmt: skip

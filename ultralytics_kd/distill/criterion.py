@@ -7,6 +7,11 @@ the progress bar, results.csv and results.png with no special case.
 The teacher is not held here. The trainer runs it on each training batch and passes its outputs in ``batch["kd"]``
 (a ``KDBatch``); the model's criterion is deep-copied into the EMA and pickled with it, and nothing that heavy should
 travel along. A batch without ``"kd"`` (validation) reports every term as 0.
+
+Label assignment distillation (``lad=True``; Nguyen et al., "Improving Object Detection by Label Assignment
+Distillation", WACV 2022, https://arxiv.org/abs/2108.10520) is not a loss term: the stock task-aligned assigner picks
+the student's positive anchors and their targets from the teacher's predicted scores and boxes instead of the student's.
+It adds no loss column and cannot outweigh the detection loss, since it only changes which anchors that loss trains.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+from ultralytics.utils.tal import dist2bbox, make_anchors
 
 from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.recorders import FeatureRecorder
 
-__all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss"]
+__all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss", "TeacherAssigner", "teacher_boxes"]
 
 
 @dataclass
@@ -43,6 +49,48 @@ class KDBatch:
     epoch: int = 0
     index: int = 0
     student_recorder: FeatureRecorder | None = None
+
+
+class TeacherAssigner(nn.Module):
+    """The stock assigner, fed the teacher's predictions while ``preds`` is set (label assignment distillation).
+
+    Args:
+        assigner (nn.Module): The criterion's ``TaskAlignedAssigner``.
+
+    Attributes:
+        preds (tuple[torch.Tensor, torch.Tensor] | None): Teacher scores (B, A, nc), probabilities, and boxes (B, A, 4),
+            pixel xyxy, for the current batch; None assigns from the student's own predictions, as stock.
+    """
+
+    def __init__(self, assigner: nn.Module):
+        """Wrap the assigner."""
+        super().__init__()
+        self.assigner = assigner
+        self.preds = None
+
+    def forward(self, pd_scores: torch.Tensor, pd_bboxes: torch.Tensor, *args, **kwargs):
+        """Assign as the stock assigner does, from the teacher's scores and boxes when they are set."""
+        if self.preds is not None:
+            scores, boxes = self.preds
+            pd_scores, pd_bboxes = scores.to(pd_scores.dtype), boxes.to(pd_bboxes.dtype)
+        return self.assigner(pd_scores, pd_bboxes, *args, **kwargs)
+
+
+def teacher_boxes(raw: torch.Tensor, feats: list[torch.Tensor], strides: torch.Tensor) -> torch.Tensor:
+    """Decode a teacher's raw box outputs (B, 4 * reg_max, A) into pixel xyxy boxes (B, A, 4).
+
+    The teacher's own ``reg_max`` is read from the channel count (1 means plain distances, as in YOLO26 heads), so a
+    teacher with other DFL bins than the student still decodes; the anchors are the student's, which the trainer has
+    checked share the teacher's strides and levels.
+    """
+    anchor_points, stride_tensor = make_anchors(feats, strides, 0.5)
+    b, c, a = raw.shape
+    bins = c // 4
+    dist = raw.float().view(b, 4, bins, a)
+    if bins > 1:
+        dist = dist.softmax(2).mul(torch.arange(bins, device=raw.device, dtype=dist.dtype).view(1, 1, -1, 1))
+    dist = dist.sum(2).transpose(1, 2)  # (B, A, 4): left, top, right, bottom in stride units
+    return dist2bbox(dist, anchor_points.float(), xywh=False) * stride_tensor.float()
 
 
 class _KDTerms:
@@ -120,6 +168,7 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
         conf_weight (bool): Pass the teacher's per-anchor confidence to anchor-level terms as ``anchor_weight``.
         connectors (dict[str, nn.ModuleList], optional): Adapters per feature term name, one per level.
         max_ratio (float): Cap of each term relative to the detection loss; 0 disables the cap.
+        lad (bool): Label assignment distillation: assign the student's targets from the teacher's predictions.
         tal_topk (int): Task-aligned assigner top-k, as for ``v8DetectionLoss``.
 
     Examples:
@@ -139,15 +188,30 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
         conf_weight: bool = False,
         connectors: dict[str, nn.ModuleList] | None = None,
         max_ratio: float = 0.0,
+        lad: bool = False,
         tal_topk: int = 10,
     ):
         """Build the stock loss and keep the terms."""
         v8DetectionLoss.__init__(self, model, tal_topk=tal_topk)
         self._init_kd(terms, alpha, conf_weight, connectors, max_ratio)
+        if lad:
+            self.assigner = TeacherAssigner(self.assigner)
 
     def loss(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Detection loss plus the distillation terms, in the stock contract."""
-        return self._add_kd(*super().loss(preds, batch), preds, batch)
+        kd: KDBatch | None = batch.get("kd")
+        if isinstance(self.assigner, TeacherAssigner) and kd is not None and kd.teacher is not None:
+            t = kd.teacher
+            self.assigner.preds = (
+                t["scores"].float().sigmoid().transpose(1, 2),
+                teacher_boxes(t["boxes"], preds["feats"], self.stride),
+            )
+        try:
+            det, items = super().loss(preds, batch)
+        finally:
+            if isinstance(self.assigner, TeacherAssigner):
+                self.assigner.preds = None  # nothing of this batch stays on the criterion (it is copied to the EMA)
+        return self._add_kd(det, items, preds, batch)
 
 
 class KDE2ELoss(_KDTerms, E2ELoss):

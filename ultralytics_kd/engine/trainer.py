@@ -160,6 +160,12 @@ class KDTrainer(DetectionTrainer):
                 f"same reg_max > 1 on both sides) and is switched off"
             )
             terms = [t for t in terms if t.name != "ld"]
+        self.kd_lad = recipe.lad if a.kd_lad is None else bool(a.kd_lad)
+        if self.kd_lad and getattr(student.model[-1], "one2one_cv2", None) is not None:
+            raise ValueError(
+                "kd_lad=True assigns a one-to-many student's targets from the teacher; this student has an end-to-end "
+                "(one-to-one) head, whose assignment it does not cover. Set kd_lad=False or use a one-to-many student"
+            )
         self.kd_terms = terms
         if any(t.source == "feats" for t in terms):
             self._build_feature_side(student, terms)
@@ -168,7 +174,7 @@ class KDTrainer(DetectionTrainer):
         LOGGER.info(
             f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, "
             + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
-            + f", conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}"
+            + f", conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}, lad={self.kd_lad}"
         )
 
     def _build_feature_side(self, student: nn.Module, terms: list) -> None:
@@ -233,6 +239,7 @@ class KDTrainer(DetectionTrainer):
             conf_weight=self.kd_conf_weight,
             connectors=dict(self.kd_connectors),
             max_ratio=self.args.kd_max_ratio,
+            **({} if end2end else {"lad": self.kd_lad}),
         )
         if end2end and resumed is not None:
             model.criterion.updates, model.criterion.o2m, model.criterion.o2o = (
