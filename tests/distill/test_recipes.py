@@ -126,3 +126,13 @@ def test_lad_in_recipe_names():
     r = get_recipe("lad+ld")
     assert r.lad and [t.name for t in r.terms] == ["ld"]
     assert not get_recipe("default").lad and not get_recipe("cls_bce+ld").lad
+
+
+def test_cwd_norm_follows_the_recipe_unless_overridden():
+    """kd_cwd_norm unset: the recipe's choice; set: it wins."""
+    from dataclasses import replace
+
+    plain = get_recipe("cwd")
+    assert plain.build()[0][0].norm is False
+    assert replace(plain, cwd_norm=True).build()[0][0].norm is True
+    assert replace(plain, cwd_norm=True).build(options={"cwd": {"norm": False}})[0][0].norm is False

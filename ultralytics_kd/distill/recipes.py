@@ -36,6 +36,7 @@ class Recipe:
             the seeds' formula; otherwise total = alpha * det + sum(w * term).
         lad (bool): Label assignment distillation: the student's targets are assigned from the teacher's predictions
             (``kd_lad`` overrides it).
+        cwd_norm (bool): Normalise channels before CWD, as in PKD (``kd_cwd_norm`` overrides it).
     """
 
     terms: tuple[TermSpec, ...]
@@ -44,6 +45,7 @@ class Recipe:
     conf_weight: bool = True
     convex: bool = False
     lad: bool = False
+    cwd_norm: bool = False
 
     def build(
         self,
@@ -68,12 +70,13 @@ class Recipe:
         """
         alpha = self.alpha if alpha is None else float(alpha)
         tau = self.tau if tau is None else float(tau)
+        options = {"cwd": {"norm": self.cwd_norm}, **(options or {})}
         ws = _expand_weights(weights, len(self.terms)) or [s.weight for s in self.terms]
         share = (1.0 - alpha) if self.convex else 1.0
         terms = []
         for spec, w in zip(self.terms, ws):
             cls = TERMS[spec.name]
-            extra = (options or {}).get(spec.name, {})
+            extra = options.get(spec.name, {})
             accepted = inspect.signature(cls.__init__).parameters
             terms.append(cls(weight=share * w, tau=tau, **{k: v for k, v in extra.items() if k in accepted}))
         return terms, alpha, self.conf_weight if conf_weight is None else bool(conf_weight)
@@ -105,6 +108,9 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+_AD_HOC = Recipe((), alpha=1.0, tau=2.0, conf_weight=True)  # what '+'-joined term names get besides weight 1 each
+
+
 def get_recipe(name: str) -> Recipe:
     """Look up a named recipe, or build an ad-hoc one from '+'-joined term names (weight 1 each, T 2).
 
@@ -132,4 +138,4 @@ def get_recipe(name: str) -> Recipe:
         )
     if not parts or len(set(parts)) != len(parts):
         raise ValueError(f"kd_recipe='{name}' must name each term once, e.g. kd_recipe=cls_bce+ld")
-    return replace(RECIPES["default"], terms=tuple(TermSpec(p) for p in parts), lad=lad)
+    return replace(_AD_HOC, terms=tuple(TermSpec(p) for p in parts), lad=lad)

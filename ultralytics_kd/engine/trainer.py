@@ -151,7 +151,11 @@ class KDTrainer(DetectionTrainer):
         a = self.args
         recipe = get_recipe(a.kd_recipe)
         terms, self.kd_alpha, self.kd_conf_weight = recipe.build(
-            a.kd_weights, a.kd_T, a.kd_alpha, a.kd_conf_weight, options={"cwd": {"norm": a.kd_cwd_norm}}
+            a.kd_weights,
+            a.kd_T,
+            a.kd_alpha,
+            a.kd_conf_weight,
+            options=None if a.kd_cwd_norm is None else {"cwd": {"norm": a.kd_cwd_norm}},
         )
         t_bins, s_bins = self.teacher.model.model[-1].reg_max, student.model[-1].reg_max
         if ("reg_max" in problems or s_bins == 1) and any(t.name == "ld" for t in terms):
