@@ -1,5 +1,7 @@
 """Recipes, the KD schedule, the kd_* settings checks and the recorders."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from ultralytics.nn.tasks import DetectionModel
@@ -8,11 +10,14 @@ from ultralytics_kd.distill import RECIPES, FeatureRecorder, check_kd_args, get_
 from ultralytics_kd.distill.settings import KD_CFG_PATH, KD_DEFAULTS
 
 
-def test_default_recipe_is_cls_bce_plus_ld_confidence_weighted():
-    """The starting default: sigmoid-BCE class KD + LD at T=2, anchors weighted by teacher confidence."""
-    terms, alpha, conf = get_recipe("default").build()
-    assert [(t.name, t.weight, t.tau) for t in terms] == [("cls_bce", 0.25, 2.0), ("ld", 0.25, 2.0)]
-    assert (alpha, conf) == (1.0, True)
+def test_default_recipe_is_lad_ld_normalised_cwd():
+    """The benchmark's pick: teacher-assigned labels + LD + PKD-normalised CWD at T=2, weight 1 each, conf-weighted."""
+    recipe = get_recipe("default")
+    terms, alpha, conf = recipe.build()
+    assert [(t.name, t.weight, t.tau) for t in terms] == [("ld", 1.0, 2.0), ("cwd", 1.0, 2.0)]
+    assert (alpha, conf, recipe.lad, terms[1].norm) == (1.0, True, True, True)
+    # what benchmarks/kd_gain.py measured as 'lad+ld+cwd [kd_cwd_norm=True]'
+    assert recipe == replace(get_recipe("lad+ld+cwd"), cwd_norm=True)
 
 
 def test_overrides_apply():
@@ -125,13 +130,11 @@ def test_lad_in_recipe_names():
     assert get_recipe("lad").lad and get_recipe("lad").terms == ()
     r = get_recipe("lad+ld")
     assert r.lad and [t.name for t in r.terms] == ["ld"]
-    assert not get_recipe("default").lad and not get_recipe("cls_bce+ld").lad
+    assert not get_recipe("seed").lad and not get_recipe("cls_bce+ld").lad
 
 
 def test_cwd_norm_follows_the_recipe_unless_overridden():
     """kd_cwd_norm unset: the recipe's choice; set: it wins."""
-    from dataclasses import replace
-
     plain = get_recipe("cwd")
     assert plain.build()[0][0].norm is False
     assert replace(plain, cwd_norm=True).build()[0][0].norm is True
