@@ -326,7 +326,7 @@ def test_kd_off_last_stops_distilling_in_close_mosaic_epochs(data_yaml, teacher_
         kd_off_last=True, kd_warmup=1.0, kd_teacher_check=False, project=str(tmp_path), name="o", **tiny,
     )  # fmt: skip
     rows = _csv(model.trainer.csv)
-    assert float(rows[0]["train/kdcls_loss"]) > 0 and float(rows[1]["train/kdcls_loss"]) == 0.0
+    assert float(rows[0]["train/kdld_loss"]) > 0 and float(rows[1]["train/kdld_loss"]) == 0.0
     assert [c for c in calls if c[0] == 1] == [(1, False, 0.0)] * 2  # epoch 2: no teacher forward at all
     assert [c[2] for c in calls if c[0] == 0] == [0.0, 0.5]  # warm-up over the first epoch (2 batches)
 
