@@ -100,10 +100,11 @@ RECIPES: dict[str, Recipe] = {
         (TermSpec("cls_kl", 0.6), TermSpec("feat_mse", 0.4)), alpha=0.65, tau=4.0, conf_weight=False, convex=True
     ),
     # Chosen by benchmarks/kd_gain.py on BCCD (yolov9t student, YOLOv9-s teacher, 40 epochs, 320 px; see BENCHMARKS.md):
-    # teacher-assigned labels (LAD) + LD + PKD-normalised CWD, weight 1 each. Test mAP50-95 0.481 and 0.482 at seeds 0
-    # and 1, against 0.475 and 0.452 for scratch (0.464 over 3 seeds) and 0.443 for native dis=1 at seed 0. The former
-    # default, class BCE + LD at 0.25, led at 15 epochs but fell below scratch at 40 (0.455 and 0.453): matching the
-    # teacher's scores moved the student's IoU-aware score calibration, so mAP50 held while mAP50-95 dropped.
+    # teacher-assigned labels (LAD) + LD + PKD-normalised CWD, weight 1 each. Test mAP50-95 0.481, 0.482 and 0.477 at
+    # seeds 0-2 against 0.475, 0.452 and 0.464 for scratch, and 0.455 for native distillation at its best weight
+    # (dis=0.25, seed 0). The former default, class BCE + LD at 0.25, led at 15 epochs but fell below scratch at 40
+    # (0.455, 0.453): matching the teacher's class scores seems to move the student's IoU-aware score calibration, so
+    # mAP50 held while mAP50-95 dropped.
     "default": Recipe(
         (TermSpec("ld", 1.0), TermSpec("cwd", 1.0)), alpha=1.0, tau=2.0, conf_weight=True, lad=True, cwd_norm=True
     ),
