@@ -423,7 +423,8 @@ def test_lad_recipe_trains_with_teacher_assignment(data_yaml, teacher_pt, tiny, 
     def spy(trainer):  # record, at every assignment, whether the teacher's predictions were fed in
         assigner = trainer.model.criterion.assigner
         assert isinstance(assigner, TeacherAssigner)
-        assigner.register_forward_pre_hook(lambda m, args: fed.append(m.preds is not None))
+        hook = lambda m, args, kwargs: fed.append(kwargs.get("teacher") is not None)  # noqa: E731
+        assigner.register_forward_pre_hook(hook, with_kwargs=True)
 
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_start", spy)

@@ -52,27 +52,32 @@ class KDBatch:
 
 
 class TeacherAssigner(nn.Module):
-    """The stock assigner, fed the teacher's predictions while ``preds`` is set (label assignment distillation).
+    """The stock assigner, fed the teacher's predictions when the call passes them (label assignment distillation).
+
+    The criterion passes them through the stock ``get_assigned_targets_and_loss(..., **assign_kwargs)``, so nothing of
+    a batch is stored on the criterion, which is copied into the EMA and pickled with it.
 
     Args:
         assigner (nn.Module): The criterion's ``TaskAlignedAssigner``.
-
-    Attributes:
-        preds (tuple[torch.Tensor, torch.Tensor] | None): Teacher scores (B, A, nc), probabilities, and boxes (B, A, 4),
-            pixel xyxy, for the current batch; None assigns from the student's own predictions, as stock.
     """
 
     def __init__(self, assigner: nn.Module):
         """Wrap the assigner."""
         super().__init__()
         self.assigner = assigner
-        self.preds = None
 
-    def forward(self, pd_scores: torch.Tensor, pd_bboxes: torch.Tensor, *args, **kwargs):
-        """Assign as the stock assigner does, from the teacher's scores and boxes when they are set."""
-        if self.preds is not None:
-            scores, boxes = self.preds
-            pd_scores, pd_bboxes = scores.to(pd_scores.dtype), boxes.to(pd_bboxes.dtype)
+    def forward(
+        self,
+        pd_scores: torch.Tensor,
+        pd_bboxes: torch.Tensor,
+        *args,
+        teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ):
+        """Assign as the stock assigner does, from ``teacher`` = (scores (B, A, nc) as probabilities, boxes (B, A, 4)
+        in pixel xyxy) instead of the student's predictions when given."""
+        if teacher is not None:
+            pd_scores, pd_bboxes = teacher[0].to(pd_scores.dtype), teacher[1].to(pd_bboxes.dtype)
         return self.assigner(pd_scores, pd_bboxes, *args, **kwargs)
 
 
@@ -200,17 +205,12 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
     def loss(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Detection loss plus the distillation terms, in the stock contract."""
         kd: KDBatch | None = batch.get("kd")
-        if isinstance(self.assigner, TeacherAssigner) and kd is not None and kd.teacher is not None:
-            t = kd.teacher
-            self.assigner.preds = (
-                t["scores"].float().sigmoid().transpose(1, 2),
-                teacher_boxes(t["boxes"], preds["feats"], self.stride),
-            )
-        try:
-            det, items = super().loss(preds, batch)
-        finally:
-            if isinstance(self.assigner, TeacherAssigner):
-                self.assigner.preds = None  # nothing of this batch stays on the criterion (it is copied to the EMA)
+        if not isinstance(self.assigner, TeacherAssigner) or kd is None or kd.teacher is None:
+            return self._add_kd(*super().loss(preds, batch), preds, batch)
+        t = kd.teacher
+        teacher = t["scores"].float().sigmoid().transpose(1, 2), teacher_boxes(t["boxes"], preds["feats"], self.stride)
+        det, items = self.get_assigned_targets_and_loss(preds, batch, teacher=teacher)[1:]
+        det = det * preds["boxes"].shape[0]  # the stock contract: loss vector times batch size, as v8DetectionLoss.loss
         return self._add_kd(det, items, preds, batch)
 
 
