@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = "scratch,native6,native1,native0.5,native0.1,cls_bce,cls_kl,ld,feat_mse,cwd,sl2,default,floor"
+DEFAULT_RUNS = "scratch,native6,native1,native0.5,native0.1,cls_bce,cls_kl,ld,box,feat_mse,cwd,sl2,default,floor"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ import torch
 
 from ultralytics_kd.distill.losses import (
     TERMS,
+    BoxImitation,
     ChannelWiseDistill,
     ClassBCE,
     ClassKL,
@@ -105,6 +106,32 @@ def test_ld_reads_sides_from_the_detect_layout():
     s[0, 2:4, 0] = torch.tensor([math.log(3.0), 0.0])  # only side 1 differs
     kl_side = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
     assert float(LocalizationDistill(tau=1.0)(s, t)) == pytest.approx(kl_side / 4, rel=1e-6)
+
+
+def test_box_known_value():
+    """Concentric squares of side 2 and 4 (plain distances, reg_max=1): IoU 1/4, no centre or aspect penalty."""
+    s, t = torch.ones(1, 4, 1), torch.full((1, 4, 1), 2.0)
+    assert float(BoxImitation()(s, t)) == pytest.approx(0.75, rel=1e-5)
+
+
+def test_box_decodes_each_side_with_its_own_bins():
+    """A 16-bin student whose expected distances equal a 1-bin teacher's plain distances reads 0."""
+    t = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1)
+    s = torch.full((1, 64, 1), -1e4)
+    for side, d in enumerate([1, 2, 3, 4]):
+        s[0, side * 16 + d, 0] = 0.0  # all mass on bin d
+    assert float(BoxImitation()(s, t)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_box_weights_anchors_by_teacher_confidence():
+    """An anchor the teacher gives confidence 0 does not count; anchor_weight is only the fallback."""
+    s = torch.ones(1, 4, 2)
+    t = torch.stack([torch.ones(4), torch.full((4,), 2.0)], -1).unsqueeze(0)  # anchor 0 matches, anchor 1 does not
+    term = BoxImitation()
+    assert float(term(s, t, teacher_conf=torch.tensor([[1.0, 0.0]]))) == pytest.approx(0.0, abs=1e-6)
+    assert float(term(s, t, anchor_weight=torch.tensor([[0.0, 1.0]]))) == pytest.approx(0.75, rel=1e-5)
+    both = term(s, t, teacher_conf=torch.tensor([[1.0, 0.0]]), anchor_weight=torch.tensor([[0.0, 1.0]]))
+    assert float(both) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_feat_mse_and_sl2_known_values():

@@ -16,8 +16,8 @@ from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
 from ultralytics_kd import KDTrainer
 from ultralytics_kd.distill.settings import kd_args
 
-ALL_TERMS = "cls_bce+cls_kl+ld+feat_mse+cwd+sl2"
-KD_COLUMNS = ["kdcls_loss", "kdkl_loss", "kdld_loss", "kdmse_loss", "kdcwd_loss", "kdsl2_loss"]
+ALL_TERMS = "cls_bce+cls_kl+ld+box+feat_mse+cwd+sl2"
+KD_COLUMNS = ["kdcls_loss", "kdkl_loss", "kdld_loss", "kdbox_loss", "kdmse_loss", "kdcwd_loss", "kdsl2_loss"]
 
 
 class SpyTrainer(KDTrainer):

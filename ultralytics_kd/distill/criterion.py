@@ -139,6 +139,7 @@ class _KDTerms:
             sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]
             context = {
                 "anchor_weight": conf if self.conf_weight else None,
+                "teacher_conf": conf,
                 "level_weight": [w.unsqueeze(1) for w in conf.split(sizes, dim=1)],
             }
             values = []

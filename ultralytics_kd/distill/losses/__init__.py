@@ -1,6 +1,7 @@
 """Distillation terms, one per file, registered by name for recipes."""
 
 from ultralytics_kd.distill.losses.base import TERMS, KDTerm, anchor_mean, register_term
+from ultralytics_kd.distill.losses.box import BoxImitation
 from ultralytics_kd.distill.losses.cls_bce import ClassBCE
 from ultralytics_kd.distill.losses.cls_kl import ClassKL
 from ultralytics_kd.distill.losses.cwd import ChannelWiseDistill
@@ -10,6 +11,7 @@ from ultralytics_kd.distill.losses.sl2 import ScoreWeightedL2
 
 __all__ = [
     "TERMS",
+    "BoxImitation",
     "ChannelWiseDistill",
     "ClassBCE",
     "ClassKL",
