@@ -26,6 +26,7 @@ from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 from ultralytics.utils.tal import dist2bbox, make_anchors
 
 from ultralytics_kd.distill.losses import KDTerm
+from ultralytics_kd.distill.losses.box import expected_sides
 from ultralytics_kd.distill.recorders import FeatureRecorder
 
 __all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss", "TeacherAssigner", "teacher_boxes"]
@@ -89,13 +90,7 @@ def teacher_boxes(raw: torch.Tensor, feats: list[torch.Tensor], strides: torch.T
     checked share the teacher's strides and levels.
     """
     anchor_points, stride_tensor = make_anchors(feats, strides, 0.5)
-    b, c, a = raw.shape
-    bins = c // 4
-    dist = raw.float().view(b, 4, bins, a)
-    if bins > 1:
-        dist = dist.softmax(2).mul(torch.arange(bins, device=raw.device, dtype=dist.dtype).view(1, 1, -1, 1))
-    dist = dist.sum(2).transpose(1, 2)  # (B, A, 4): left, top, right, bottom in stride units
-    return dist2bbox(dist, anchor_points.float(), xywh=False) * stride_tensor.float()
+    return dist2bbox(expected_sides(raw), anchor_points.float(), xywh=False) * stride_tensor.float()
 
 
 class _KDTerms:
