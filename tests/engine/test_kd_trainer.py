@@ -363,6 +363,7 @@ def _no_batches(trainer):
         ({"kd_tmp": 2}, SyntaxError, "'kd_tmp' is not a valid YOLO argument"),
         ({"compile": True, "kd_feat_layers": [4, 6, 9]}, ValueError, "compile=True is not supported"),
         ({"teacher": "yolov8s.yaml"}, ValueError, "also pass kd_teacher_weights"),
+        ({"kd_init": "copy"}, ValueError, "kd_init='copy' must be one of"),
     ],
 )
 def test_bad_settings_fail_before_anything_runs(kwargs, error, match, data_yaml, teacher_pt, tiny, tmp_path):
@@ -446,3 +447,55 @@ def test_lad_refuses_end2end_student(data_yaml, teacher_pt, tiny, tmp_path):
             trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_lad=True,
             kd_teacher_check=False, project=str(tmp_path), name="x", **tiny,
         )  # fmt: skip
+
+
+class _Info(_Capture):
+    def __init__(self):
+        super().__init__()
+        self.setLevel(logging.INFO)
+
+
+@pytest.mark.parametrize("mode", ["select", "auto"])
+def test_kd_init_starts_the_student_from_the_teacher(mode, data_yaml, teacher_pt, tiny, tmp_path):
+    """yolov8n from the yolov8s teacher: before the first batch, every student tensor is the teacher's selection."""
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    from ultralytics_kd.distill.inherit import select_weights
+
+    seen = {}
+
+    def grab(trainer):
+        seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        raise _Stop
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_batch_start", grab)
+    with pytest.raises(_Stop):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_init=mode,
+            kd_teacher_check=False, project=str(tmp_path), name="i", **tiny,
+        )  # fmt: skip
+    expected = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    select_weights(expected, load_checkpoint(teacher_pt)[0].float())
+    for k, v in expected.state_dict().items():
+        if "running" not in k and "num_batches" not in k:  # BN statistics move in the first train-mode forward
+            assert torch.equal(seen[k], v), k
+
+
+def test_kd_init_across_families(data_yaml, teacher_pt, tiny, tmp_path):
+    """A yolov9t student has no yolov8s layout to inherit: 'select' refuses before training, 'auto' logs and skips."""
+    args = dict(trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_teacher_check=False,
+                project=str(tmp_path), **tiny)  # fmt: skip
+    model = YOLO("yolov9t.yaml")
+    model.add_callback("on_train_batch_start", _no_batches)
+    with pytest.raises(ValueError, match="kd_init=select copies the teacher's weights"):
+        model.train(kd_init="select", name="s", **args)
+    handler = _Info()
+    LOGGER.addHandler(handler)
+    try:
+        model = YOLO("yolov9t.yaml")
+        model.train(kd_init="auto", name="a", **args)
+    finally:
+        LOGGER.removeHandler(handler)
+    assert any("keeps its random init" in m for m in handler.messages)
+    assert model.trainer.best.exists()

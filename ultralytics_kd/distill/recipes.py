@@ -37,6 +37,8 @@ class Recipe:
         lad (bool): Label assignment distillation: the student's targets are assigned from the teacher's predictions
             (``kd_lad`` overrides it).
         cwd_norm (bool): Normalise channels before CWD, as in PKD (``kd_cwd_norm`` overrides it).
+        init (str): How a student built without weights starts: ``"select"`` from a uniform selection of the teacher's
+            weights, ``"auto"`` the same where the layouts allow, ``"none"`` at random (``kd_init`` overrides it).
     """
 
     terms: tuple[TermSpec, ...]
@@ -46,6 +48,7 @@ class Recipe:
     convex: bool = False
     lad: bool = False
     cwd_norm: bool = False
+    init: str = "none"
 
     def build(
         self,
@@ -110,6 +113,8 @@ RECIPES: dict[str, Recipe] = {
     ),
     # Label assignment distillation alone: no loss term, the teacher's predictions pick the student's positives.
     "lad": Recipe((), lad=True),
+    # Weight selection alone: the teacher only initialises the student, which then trains on the stock loss.
+    "init": Recipe((), init="select"),
 }
 
 

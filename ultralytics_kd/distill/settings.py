@@ -13,11 +13,12 @@ from ultralytics.utils import YAML
 
 from ultralytics_kd.distill.recipes import _expand_weights, get_recipe
 
-__all__ = ["KD_CFG_PATH", "KD_DEFAULTS", "KD_KEYS", "check_kd_args", "kd_args"]
+__all__ = ["INIT_MODES", "KD_CFG_PATH", "KD_DEFAULTS", "KD_KEYS", "check_kd_args", "kd_args"]
 
 KD_CFG_PATH = Path(__file__).resolve().parents[1] / "cfg" / "kd.yaml"
 KD_DEFAULTS: dict[str, Any] = YAML.load(KD_CFG_PATH)
 KD_KEYS = frozenset(KD_DEFAULTS)
+INIT_MODES = ("auto", "select", "none")  # kd_init: see ultralytics_kd/distill/inherit.py
 
 
 def kd_args(args: Any) -> dict[str, Any]:
@@ -71,6 +72,8 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
     for key in ("kd_conf_weight", "kd_cwd_norm", "kd_lad", "kd_off_last", "kd_teacher_check"):
         if args[key] is not None and not isinstance(args[key], bool):
             raise ValueError(f"{key}={args[key]!r} must be True or False")
+    if args["kd_init"] is not None and args["kd_init"] not in INIT_MODES:
+        raise ValueError(f"kd_init={args['kd_init']!r} must be one of {list(INIT_MODES)}, e.g. kd_init=auto")
     for key in ("teacher", "kd_teacher_weights"):
         if args[key] is not None and not isinstance(args[key], (str, Path)):
             raise ValueError(f"{key}={args[key]!r} must be a file path")

@@ -7,6 +7,7 @@ AMP and DDP are Ultralytics' own:
   adding them to the base config the stock key check compares against, so typos in any key are still rejected and the
   settings live in ``self.args`` (hence in ``vars(args)`` for DDP, ``args.yaml`` and the checkpoint's ``train_args``
   that ``resume`` restores). Loads and checks the teacher against the dataset.
+- ``get_model``: a student built without weights may start from a selection of the teacher's (``kd_init``).
 - ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
 - ``build_optimizer``: adds the adapters as one more parameter group.
 - ``_setup_train``: installs ``KDDetectionLoss`` (``KDE2ELoss`` for end-to-end students) on the student, after the
@@ -38,6 +39,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
+from ultralytics_kd.distill.inherit import inherit_problem, select_weights
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import kd_scale
@@ -128,6 +130,11 @@ class KDTrainer(DetectionTrainer):
         a = self.args
         teacher = load_teacher(a.teacher, a.kd_teacher_weights, nc=self.data["nc"], ch=self.data["channels"])
         check_pair(teacher, data=self.data)
+        self._kd_init_mode = get_recipe(a.kd_recipe).init if a.kd_init is None else a.kd_init
+        # weight selection reads the unfused tensors (BN apart from its conv); FrozenTeacher fuses them away
+        self._kd_init_state = (
+            None if self._kd_init_mode == "none" else {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+        )
         self.teacher = FrozenTeacher(teacher).to(self.device)
         self.kd_teacher_sha256 = file_sha256(a.kd_teacher_weights or a.teacher)
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
@@ -137,6 +144,24 @@ class KDTrainer(DetectionTrainer):
         self.add_callback("on_train_end", _write_report)
 
     # setup ------------------------------------------------------------------------------------------------------------
+    def get_model(self, cfg=None, weights=None, verbose: bool = True):
+        """Build the student as usual; one built without weights may start from the teacher's (``kd_init``)."""
+        model = super().get_model(cfg, weights, verbose)
+        mode = self._kd_init_mode
+        if weights is None and not self.resume and mode != "none":
+            why = inherit_problem(model, self._kd_init_state)
+            if why and mode == "select":
+                raise ValueError(
+                    f"kd_init=select copies the teacher's weights into a student of the same layout, but {why}. "
+                    f"Set kd_init=none (or auto) for a student of another family"
+                )
+            if why:
+                LOGGER.info(f"{PREFIX} kd_init=auto: student keeps its random init ({why})")
+            else:
+                n = select_weights(model, self._kd_init_state)
+                LOGGER.info(f"{PREFIX} student starts from a uniform selection of the teacher's weights ({n} tensors)")
+        return model
+
     def setup_model(self):
         """Load the student as usual; on resume also keep the checkpoint's distillation state."""
         ckpt = super().setup_model()
@@ -176,9 +201,10 @@ class KDTrainer(DetectionTrainer):
         if self._kd_resume:
             self._restore_kd_state(self._kd_resume)
         LOGGER.info(
-            f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, "
+            f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, terms ["
             + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
-            + f", conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}, lad={self.kd_lad}"
+            + f"], conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}, lad={self.kd_lad}, "
+            f"init={self._kd_init_mode}"
         )
 
     def _build_feature_side(self, student: nn.Module, terms: list) -> None:
@@ -291,7 +317,7 @@ class KDTrainer(DetectionTrainer):
             self.epoch + i / max(len(self.train_loader), 1), self.epochs, a.kd_warmup, a.kd_decay, off_from
         )
         teacher, student_rec = None, None
-        if scale > 0:  # off epochs skip the teacher's forward entirely
+        if scale > 0 and (self.kd_terms or self.kd_lad):  # off epochs (and init-only runs) skip the teacher entirely
             with torch.no_grad(), self._kd_teacher_rec or nullcontext() as rec:
                 teacher = self.teacher(batch["img"])
             if rec is not None:
