@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the train split (smoke runs)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
+    p.add_argument(
+        "--student-init",
+        action="store_true",
+        help="scratch and native runs also start from a uniform selection of the teacher's weights (as kd_init=select)",
+    )
     p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE", help="extra kd_* settings for our runs")
     p.add_argument("--project", default=str(ROOT / "runs" / "kd_gain"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_gain.jsonl"))
@@ -75,6 +80,23 @@ def run_kwargs(name: str, args: argparse.Namespace) -> dict:
     return kw
 
 
+def _init_trainer(teacher: str):
+    """The stock trainer, its student started from a uniform selection of the teacher's weights; nothing else."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from ultralytics_kd.distill.inherit import select_weights
+
+    class InitTrainer(DetectionTrainer):
+        def get_model(self, cfg=None, weights=None, verbose=True):
+            model = super().get_model(cfg, weights, verbose)
+            if weights is None and not self.resume:
+                select_weights(model, load_checkpoint(teacher)[0].float())
+            return model
+
+    return InitTrainer
+
+
 def train_and_test(name: str, args: argparse.Namespace) -> dict:
     """Train one run, validate its best.pt on val and test; return a result row."""
     from ultralytics import YOLO
@@ -96,7 +118,7 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     model.train(
-        trainer=KDTrainer if "teacher" in kw else None,
+        trainer=KDTrainer if "teacher" in kw else _init_trainer(args.teacher) if args.student_init else None,
         data=args.data,
         epochs=args.epochs,
         imgsz=args.imgsz,
@@ -253,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         row = measure_floor(args) if name == "floor" else train_and_test(name, args)
         if args.kd and name not in {"scratch", "floor"} and not name.startswith("native"):
             row["run"] = f"{name} [{' '.join(args.kd)}]"  # a variant: keep it apart from the plain run in the table
+        if args.student_init and (name == "scratch" or name.startswith("native")):
+            row["run"] = f"{name} [student_init]"
         row = {
             **common,
             **row,
