@@ -10,14 +10,16 @@ from ultralytics_kd.distill import RECIPES, FeatureRecorder, check_kd_args, get_
 from ultralytics_kd.distill.settings import KD_CFG_PATH, KD_DEFAULTS
 
 
-def test_default_recipe_is_lad_ld_normalised_cwd():
-    """The benchmark's pick: teacher-assigned labels + LD + PKD-normalised CWD at T=2, weight 1 each, conf-weighted."""
+def test_default_recipe_is_lad_ld_normalised_cwd_with_auto_init():
+    """The benchmark's pick: teacher-assigned labels + LD + PKD-normalised CWD at T=2, weight 1 each, conf-weighted,
+    and the student started from the teacher's selected weights where the layouts allow."""
     recipe = get_recipe("default")
     terms, alpha, conf = recipe.build()
     assert [(t.name, t.weight, t.tau) for t in terms] == [("ld", 1.0, 2.0), ("cwd", 1.0, 2.0)]
-    assert (alpha, conf, recipe.lad, terms[1].norm) == (1.0, True, True, True)
-    # what benchmarks/kd_gain.py measured as 'lad+ld+cwd [kd_cwd_norm=True]'
-    assert recipe == replace(get_recipe("lad+ld+cwd"), cwd_norm=True)
+    assert (alpha, conf, recipe.lad, terms[1].norm, recipe.init) == (1.0, True, True, True, "auto")
+    # what benchmarks/kd_gain.py measured as 'lad+ld+cwd [kd_cwd_norm=True]' (no init) and, with kd_init=select, as
+    # 'default [kd_init=select]' for the yolov9t/YOLOv9-s pair, where auto selects
+    assert recipe == replace(get_recipe("lad+ld+cwd"), cwd_norm=True, init="auto")
 
 
 def test_overrides_apply():
@@ -131,6 +133,12 @@ def test_lad_in_recipe_names():
     r = get_recipe("lad+ld")
     assert r.lad and [t.name for t in r.terms] == ["ld"]
     assert not get_recipe("seed").lad and not get_recipe("cls_bce+ld").lad
+
+
+def test_init_recipe_and_who_inherits():
+    """'init' only selects weights; the default selects where it can; other recipes start at random."""
+    assert get_recipe("init").terms == () and get_recipe("init").init == "select" and not get_recipe("init").lad
+    assert [get_recipe(n).init for n in ("default", "seed", "lad", "ld+cwd")] == ["auto", "none", "none", "none"]
 
 
 def test_cwd_norm_follows_the_recipe_unless_overridden():
