@@ -5,8 +5,8 @@ fewer channels (YOLOv9-t and YOLOv9-s, YOLO11n and YOLO11s), every student tenso
 elements of the teacher's tensor of the same name, the same indices on every dimension of every layer. Selecting
 consistently keeps a channel that one layer writes paired with the weights that the next layer reads it with, and
 evenly spaced (rather than first-k) indices keep that true across concatenations and ``chunk`` splits, whose halves
-shrink together. The result is a starting point, not a copy of the teacher's function: BN statistics are re-estimated
-in the first epochs, and the distillation terms still do the teaching.
+shrink together. The result is a starting point, not a copy of the teacher's function (each output now sums over
+fewer inputs); training then adapts every tensor as usual.
 
 Cross-family pairs (different layers, e.g. a ShuffleV2 student) have nothing to select from; ``inherit_problem`` says
 why so the trainer can skip or refuse.

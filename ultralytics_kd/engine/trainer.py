@@ -148,6 +148,8 @@ class KDTrainer(DetectionTrainer):
         """Build the student as usual; one built without weights may start from the teacher's (``kd_init``)."""
         model = super().get_model(cfg, weights, verbose)
         mode = self._kd_init_mode
+        if weights is not None and mode == "select" and not self.resume:
+            LOGGER.warning(f"{PREFIX} kd_init=select skipped: the student already has weights, which are kept")
         if weights is None and not self.resume and mode != "none":
             why = inherit_problem(model, self._kd_init_state)
             if why and mode == "select":
