@@ -109,7 +109,9 @@ RECIPES: dict[str, Recipe] = {
     # (0.455, 0.453): matching the teacher's class scores seems to move the student's IoU-aware score calibration, so
     # mAP50 held while mAP50-95 dropped.
     # Since session 5 it also starts a student of the teacher's layout from the teacher's selected weights (init=auto;
-    # other students keep the random init): test 0.561 at seed 0 with the terms, 0.567 without, above the teacher.
+    # other students keep the random init): test 0.561, 0.556, 0.567 at seeds 0-2, above the teacher's 0.552. Weight
+    # selection alone ('init') did as well (0.567, 0.565): for such pairs the terms add cost, not accuracy; they stay
+    # for students of other families, which cannot inherit.
     "default": Recipe(
         (TermSpec("ld", 1.0), TermSpec("cwd", 1.0)),
         alpha=1.0,
