@@ -261,6 +261,7 @@ class KDTrainer(DetectionTrainer):
     def _setup_train(self):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
         super()._setup_train()
+        self._kd_init_state = None  # the student is built by now; the unfused teacher copy is no longer needed
         model = unwrap_model(self.model)
         end2end = getattr(model.model[-1], "one2one_cv2", None) is not None
         resumed = getattr(model, "criterion", None)  # an end-to-end resume restores its o2m/o2o schedule here
