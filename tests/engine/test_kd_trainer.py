@@ -455,9 +455,17 @@ class _Info(_Capture):
         self.setLevel(logging.INFO)
 
 
-@pytest.mark.parametrize("mode", ["select", "auto"])
-def test_kd_init_starts_the_student_from_the_teacher(mode, data_yaml, teacher_pt, tiny, tmp_path):
-    """yolov8n from the yolov8s teacher: before the first batch, every student tensor is the teacher's selection."""
+@pytest.mark.parametrize(
+    "settings, terms",
+    [
+        ({"kd_init": "select"}, ["sl2"]),
+        ({"kd_init": "auto"}, ["sl2"]),  # the default recipe's own setting
+        ({"kd_weights": 0.5}, ["ld", "cwd"]),  # weights given for the default's own terms keep them
+    ],
+)
+def test_kd_init_starts_the_student_from_the_teacher(settings, terms, data_yaml, teacher_pt, tiny, tmp_path):
+    """yolov8n from the yolov8s teacher: before the first batch, every student tensor is the teacher's selection, and
+    the default recipe trains the inheriting student with the terms of 'init_sl2'."""
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
     from ultralytics_kd.distill.inherit import select_weights
@@ -466,20 +474,44 @@ def test_kd_init_starts_the_student_from_the_teacher(mode, data_yaml, teacher_pt
 
     def grab(trainer):
         seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        seen["terms"], seen["lad"] = [t.name for t in trainer.kd_terms], trainer.kd_lad
         raise _Stop
 
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_batch_start", grab)
     with pytest.raises(_Stop):
         model.train(
-            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_init=mode,
-            kd_teacher_check=False, project=str(tmp_path), name="i", **tiny,
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_teacher_check=False,
+            project=str(tmp_path), name="i", **settings, **tiny,
         )  # fmt: skip
+    assert model.trainer.kd_inherited and (seen.pop("terms"), seen.pop("lad")) == (terms, terms != ["sl2"])
     expected = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
     select_weights(expected, load_checkpoint(teacher_pt)[0].float())
     for k, v in expected.state_dict().items():
         if "running" not in k and "num_batches" not in k:  # BN statistics move in the first train-mode forward
             assert torch.equal(seen[k], v), k
+
+
+def test_resume_keeps_the_inherited_terms(data_yaml, teacher_pt, tiny, tmp_path):
+    """A resumed student loads its own weights (no selection), yet keeps the terms it started with after inheriting."""
+    model = YOLO("yolov8n.yaml")
+
+    def stop_after_first_save(trainer):
+        raise _Stop
+
+    model.add_callback("on_model_save", stop_after_first_save)
+    with pytest.raises(_Stop):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, kd_teacher_check=False,
+            project=str(tmp_path), name="r", **tiny,
+        )  # fmt: skip
+    last = tmp_path / "r" / "weights" / "last.pt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["kd"]["inherited"] is True
+    resumed = YOLO(last)
+    resumed.train(trainer=KDTrainer, resume=True)
+    trainer = resumed.trainer
+    assert trainer.start_epoch == 1 and trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["sl2"]
+    assert float(_csv(trainer.csv)[-1]["train/kdsl2_loss"]) > 0
 
 
 def test_kd_init_across_families(data_yaml, teacher_pt, tiny, tmp_path):
@@ -498,4 +530,6 @@ def test_kd_init_across_families(data_yaml, teacher_pt, tiny, tmp_path):
     finally:
         LOGGER.removeHandler(handler)
     assert any("keeps its random init" in m for m in handler.messages)
+    trainer = model.trainer  # no inheritance: the default recipe's own terms, with LAD
+    assert not trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["ld", "cwd"] and trainer.kd_lad
     assert model.trainer.best.exists()

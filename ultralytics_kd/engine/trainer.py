@@ -40,7 +40,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
 from ultralytics_kd.distill.inherit import inherit_problem, select_weights
-from ultralytics_kd.distill.recipes import get_recipe
+from ultralytics_kd.distill.recipes import Recipe, get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import kd_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_kd_args, kd_args
@@ -140,6 +140,7 @@ class KDTrainer(DetectionTrainer):
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
         self.kd_teacher_metrics = None
         self._kd_resume, self._kd_batch = None, 0
+        self.kd_inherited = False  # the student started from the teacher's selected weights
         self._kd_student_rec = self._kd_teacher_rec = None
         self.add_callback("on_train_end", _write_report)
 
@@ -161,6 +162,7 @@ class KDTrainer(DetectionTrainer):
                 LOGGER.info(f"{PREFIX} kd_init=auto: student keeps its random init ({why})")
             else:
                 n = select_weights(model, self._kd_init_state)
+                self.kd_inherited = True
                 LOGGER.info(f"{PREFIX} student starts from a uniform selection of the teacher's weights ({n} tensors)")
         return model
 
@@ -176,7 +178,7 @@ class KDTrainer(DetectionTrainer):
         student = self.model
         problems = check_pair(self.teacher.model, student)
         a = self.args
-        recipe = get_recipe(a.kd_recipe)
+        recipe = self._effective_recipe()
         terms, self.kd_alpha, self.kd_conf_weight = recipe.build(
             a.kd_weights,
             a.kd_T,
@@ -208,6 +210,26 @@ class KDTrainer(DetectionTrainer):
             + f"], conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}, lad={self.kd_lad}, "
             f"init={self._kd_init_mode}"
         )
+
+    def _effective_recipe(self) -> Recipe:
+        """The recipe named by ``kd_recipe``, or the one it names for a student that inherited the teacher's weights.
+
+        A resumed run reads whether its student inherited from the checkpoint, so it keeps the terms it started with.
+        ``kd_weights`` are given per term of the named recipe, so with them its own terms are kept.
+        """
+        a, recipe = self.args, get_recipe(self.args.kd_recipe)
+        if self._kd_resume is not None:
+            self.kd_inherited = bool(self._kd_resume.get("inherited", False))
+        if not (recipe.inherited and self.kd_inherited):
+            return recipe
+        if a.kd_weights is not None:
+            LOGGER.info(f"{PREFIX} kd_recipe={a.kd_recipe} keeps its own terms: kd_weights sets their weights")
+            return recipe
+        LOGGER.info(
+            f"{PREFIX} the student inherited the teacher's weights: kd_recipe={a.kd_recipe} trains with the "
+            f"terms of '{recipe.inherited}'"
+        )
+        return get_recipe(recipe.inherited)
 
     def _build_feature_side(self, student: nn.Module, terms: list) -> None:
         """Pair student and teacher feature layers, measure their channels with one dummy pass, build adapters."""
@@ -361,6 +383,7 @@ class KDTrainer(DetectionTrainer):
             "teacher_weights": self.args.kd_teacher_weights,
             "teacher_sha256": self.kd_teacher_sha256,
             "settings": kd_args(self.args),
+            "inherited": self.kd_inherited,
             "connectors": {k: v.detach().cpu().clone() for k, v in self.kd_connectors.state_dict().items()},
             "teacher_metrics": {k: float(v) for k, v in (self.kd_teacher_metrics or {}).items()},  # no numpy types
             "version": __version__,
