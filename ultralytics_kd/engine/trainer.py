@@ -170,6 +170,8 @@ class KDTrainer(DetectionTrainer):
         """Load the student as usual; on resume also keep the checkpoint's distillation state."""
         ckpt = super().setup_model()
         self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
+        if self._kd_resume:  # the student loads its own weights now; whether it first inherited is in the checkpoint
+            self.kd_inherited = bool(self._kd_resume.get("inherited", False))
         return ckpt
 
     def set_model_attributes(self):
@@ -214,12 +216,10 @@ class KDTrainer(DetectionTrainer):
     def _effective_recipe(self) -> Recipe:
         """The recipe named by ``kd_recipe``, or the one it names for a student that inherited the teacher's weights.
 
-        A resumed run reads whether its student inherited from the checkpoint, so it keeps the terms it started with.
+        A resumed run keeps the terms it started with (``setup_model`` reads ``kd_inherited`` from the checkpoint).
         ``kd_weights`` are given per term of the named recipe, so with them its own terms are kept.
         """
         a, recipe = self.args, get_recipe(self.args.kd_recipe)
-        if self._kd_resume is not None:
-            self.kd_inherited = bool(self._kd_resume.get("inherited", False))
         if not (recipe.inherited and self.kd_inherited):
             return recipe
         if a.kd_weights is not None:
