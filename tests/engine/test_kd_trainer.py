@@ -323,7 +323,8 @@ def test_kd_off_last_stops_distilling_in_close_mosaic_epochs(data_yaml, teacher_
     model = YOLO("yolov8n.yaml")
     model.train(
         trainer=CountingTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, close_mosaic=1,
-        kd_off_last=True, kd_warmup=1.0, kd_teacher_check=False, project=str(tmp_path), name="o", **tiny,
+        kd_recipe="lad+ld+cwd", kd_off_last=True, kd_warmup=1.0, kd_teacher_check=False, project=str(tmp_path),
+        name="o", **tiny,
     )  # fmt: skip
     rows = _csv(model.trainer.csv)
     assert float(rows[0]["train/kdld_loss"]) > 0 and float(rows[1]["train/kdld_loss"]) == 0.0
