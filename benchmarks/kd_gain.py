@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = "scratch,native6,native1,native0.5,native0.1,cls_bce,cls_kl,ld,box,feat_mse,cwd,sl2,default,floor"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+def build_parser(doc: str = __doc__) -> argparse.ArgumentParser:
+    """The benchmark's flags (shared with kd_grad.py)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma-separated run names (default: {DEFAULT_RUNS})")
     p.add_argument("--data", default=str(ROOT / "../shared/data/bccd/data.yaml"))
     p.add_argument("--teacher", default=str(ROOT / "../shared/teachers/bccd-yolov9s-320.pt"))
@@ -56,7 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--project", default=str(ROOT / "runs" / "kd_gain"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_gain.jsonl"))
     p.add_argument("--table", action="store_true", help="print the results in --out as a markdown table and exit")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def run_kwargs(name: str, args: argparse.Namespace) -> dict:
