@@ -450,6 +450,26 @@ def test_lad_refuses_end2end_student(data_yaml, teacher_pt, tiny, tmp_path):
         )  # fmt: skip
 
 
+def _until_first_batch(model, **train_args):
+    """Run KDTrainer up to the start of the first batch (setup done, no forward yet) and return it."""
+
+    def stop(trainer):
+        raise _Stop
+
+    model.add_callback("on_train_batch_start", stop)
+    with pytest.raises(_Stop):
+        model.train(trainer=KDTrainer, epochs=1, kd_teacher_check=False, **train_args)
+    return model.trainer
+
+
+def test_default_recipe_takes_an_end2end_student(data_yaml, teacher_pt, tiny, tmp_path):
+    """The default has no LAD, so a YOLO26 student distills with it as given (LD off: reg_max 1; CWD on)."""
+    trainer = _until_first_batch(
+        YOLO("yolo26n.yaml"), teacher=str(teacher_pt), data=str(data_yaml), project=str(tmp_path), name="d", **tiny
+    )
+    assert [t.name for t in trainer.kd_terms] == ["cwd"] and not trainer.kd_lad
+
+
 class _Info(_Capture):
     def __init__(self):
         super().__init__()
@@ -471,26 +491,16 @@ def test_kd_init_starts_the_student_from_the_teacher(settings, terms, data_yaml,
 
     from ultralytics_kd.distill.inherit import select_weights
 
-    seen = {}
-
-    def grab(trainer):
-        seen.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
-        seen["terms"], seen["lad"] = [t.name for t in trainer.kd_terms], trainer.kd_lad
-        raise _Stop
-
-    model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_batch_start", grab)
-    with pytest.raises(_Stop):
-        model.train(
-            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_teacher_check=False,
-            project=str(tmp_path), name="i", **settings, **tiny,
-        )  # fmt: skip
-    assert model.trainer.kd_inherited and (seen.pop("terms"), seen.pop("lad")) == (terms, terms != ["sl2"])
+    trainer = _until_first_batch(
+        YOLO("yolov8n.yaml"), teacher=str(teacher_pt), data=str(data_yaml), project=str(tmp_path), name="i",
+        **settings, **tiny,
+    )  # fmt: skip
+    assert trainer.kd_inherited and [t.name for t in trainer.kd_terms] == terms and not trainer.kd_lad
+    seen = trainer.model.state_dict()
     expected = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
     select_weights(expected, load_checkpoint(teacher_pt)[0].float())
     for k, v in expected.state_dict().items():
-        if "running" not in k and "num_batches" not in k:  # BN statistics move in the first train-mode forward
-            assert torch.equal(seen[k], v), k
+        assert torch.equal(seen[k], v), k
 
 
 def test_resume_keeps_the_inherited_terms(data_yaml, teacher_pt, tiny, tmp_path):
@@ -531,6 +541,6 @@ def test_kd_init_across_families(data_yaml, teacher_pt, tiny, tmp_path):
     finally:
         LOGGER.removeHandler(handler)
     assert any("keeps its random init" in m for m in handler.messages)
-    trainer = model.trainer  # no inheritance: the default recipe's own terms, with LAD
-    assert not trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["ld", "cwd"] and trainer.kd_lad
+    trainer = model.trainer  # no inheritance: the default recipe's own terms, without LAD
+    assert not trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["ld", "cwd"] and not trainer.kd_lad
     assert model.trainer.best.exists()

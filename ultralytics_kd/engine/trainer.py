@@ -159,7 +159,10 @@ class KDTrainer(DetectionTrainer):
                     f"Set kd_init=none (or auto) for a student of another family"
                 )
             if why:
-                LOGGER.info(f"{PREFIX} kd_init=auto: student keeps its random init ({why})")
+                LOGGER.warning(
+                    f"{PREFIX} kd_init=auto: student keeps its random init ({why}). Loss terms alone can leave such a "
+                    f"student below one trained without a teacher (docs/BENCHMARKS.md): compare with a scratch run"
+                )
             else:
                 n = select_weights(model, self._kd_init_state)
                 self.kd_inherited = True
