@@ -112,8 +112,8 @@ RECIPES: dict[str, Recipe] = {
     # Random init, yolov9t student: LD + CWD gave test mAP50-95 0.476 and 0.479 at seeds 0-1 (scratch 0.475, 0.452);
     # with LAD 0.481 and 0.482. ShuffleV2 student (cfg/models/yolov9-tiny-shufflev2.yaml): LD + CWD 0.420, 0.384, 0.407
     # at seeds 0-2 against scratch 0.413, 0.412, 0.419; with LAD 0.388 at seed 0. So LAD is dropped: it hurt the
-    # student that differs from its teacher, and it cannot serve an end-to-end (YOLO26) student at all. Neither weight
-    # 0.25 nor a 20-epoch warm-up lifted the ShuffleV2 student above scratch at seed 1.
+    # student that differs from its teacher, and it cannot serve an end-to-end (YOLO26) student at all. Weight 0.25
+    # (0.415, 0.387, 0.402) and a 20-epoch warm-up (0.378 at seed 1) did no better on the ShuffleV2 student.
     # Class-score terms fell below scratch at 40 epochs: matching the teacher's scores seems to move the student's
     # IoU-aware score calibration. With the init, LAD + LD + CWD added nothing (0.561, 0.556, 0.567; the init alone
     # 0.567, 0.565, 0.562), while the score-weighted feature L2 at 0.25 added a little, as native's own loss did from
