@@ -4,7 +4,8 @@ A KD term's loss value says little about its pull: the guard (kd_max_ratio) caps
 is a tenth of the detection loss can still carry as much gradient. This starts each run with ``kd_gain.py``'s schedule
 (``--epochs`` 40, so the same warm-up and gradient accumulation), stops it after ``--probe-epochs`` without validating,
 and prints the mean student gradient norm per optimizer step and its ratio to scratch's. The run names, data, teacher,
-student and ``--kd`` settings are those of ``kd_gain.py``.
+student and ``--kd`` settings are those of ``kd_gain.py``. On a CUDA device with AMP the norms include the loss scale,
+so compare runs on the CPU (the default).
 
     python benchmarks/kd_grad.py --runs scratch,ld+cwd,ld+cwd@0.25 --student cfg/models/yolov9-tiny-shufflev2.yaml \
         --kd kd_cwd_norm=True --seed 1 --threads 1
