@@ -13,13 +13,14 @@ from ultralytics_kd.distill.settings import KD_CFG_PATH, KD_DEFAULTS
 def test_default_recipe_is_ld_normalised_cwd_with_auto_init():
     """The benchmark's pick: LD + PKD-normalised CWD at T=2, weight 1 each, conf-weighted, no teacher-assigned labels,
     and the student started from the teacher's selected weights where the layouts allow; such a student trains with
-    the terms of 'init_sl2' instead."""
+    the terms of 'init_sl2' instead, and one that took the teacher's head after the mimic stage with none ('init')."""
     recipe = get_recipe("default")
     terms, alpha, conf = recipe.build()
     assert [(t.name, t.weight, t.tau) for t in terms] == [("ld", 1.0, 2.0), ("cwd", 1.0, 2.0)]
     assert (alpha, conf, recipe.lad, terms[1].norm, recipe.init) == (1.0, True, False, True, "auto")
     # what benchmarks/kd_gain.py measured as 'ld+cwd [kd_cwd_norm=True]' for a student that cannot inherit
-    assert recipe == replace(get_recipe("ld+cwd"), cwd_norm=True, init="auto", inherited="init_sl2")
+    assert recipe == replace(get_recipe("ld+cwd"), cwd_norm=True, init="auto", inherited="init_sl2", mimicked="init")
+    assert get_recipe("init").terms == ()
 
 
 def test_init_sl2_is_what_the_benchmark_measured():

@@ -365,6 +365,7 @@ def _no_batches(trainer):
         ({"compile": True, "kd_feat_layers": [4, 6, 9]}, ValueError, "compile=True is not supported"),
         ({"teacher": "yolov8s.yaml"}, ValueError, "also pass kd_teacher_weights"),
         ({"kd_init": "copy"}, ValueError, "kd_init='copy' must be one of"),
+        ({"kd_mimic_epochs": 0}, ValueError, "kd_mimic_epochs=0.0 must be > 0"),
     ],
 )
 def test_bad_settings_fail_before_anything_runs(kwargs, error, match, data_yaml, teacher_pt, tiny, tmp_path):
@@ -544,3 +545,84 @@ def test_kd_init_across_families(data_yaml, teacher_pt, tiny, tmp_path):
     trainer = model.trainer  # no inheritance: the default recipe's own terms, without LAD
     assert not trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["ld", "cwd"] and not trainer.kd_lad
     assert model.trainer.best.exists()
+
+
+class MimicSpy(KDTrainer):
+    """Records head and backbone gradients per optimizer step, and the student around the head transplant."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grads, self.transplant = [], {}
+
+    def optimizer_step(self):
+        head = self.model.model[-1]
+        backbone = self.model.model[0]
+        self.grads.append(
+            (self.epoch, sum(float(p.grad.abs().sum()) for p in head.parameters() if p.grad is not None),
+             sum(float(p.grad.abs().sum()) for p in backbone.parameters() if p.grad is not None))
+        )  # fmt: skip
+        super().optimizer_step()
+
+    def _kd_transplant(self):
+        from copy import deepcopy
+
+        from ultralytics.nn.tasks import load_checkpoint
+
+        from ultralytics_kd.distill.transplant import transplant_head
+
+        term = self.kd_terms[0]
+        expected = deepcopy(self.model.model[-1])
+        adapters = deepcopy(self.kd_connectors["mimic"]).eval()
+        teacher_head = load_checkpoint(self.args.teacher)[0].float().model[-1]
+        transplant_head(expected, teacher_head, adapters, term.mean, term.std)
+        super()._kd_transplant()
+        self.transplant = {
+            "epoch": self.epoch,
+            "expected": expected.state_dict(),
+            "head": {k: v.clone() for k, v in self.model.model[-1].state_dict().items()},
+            "ema": {k: v.clone() for k, v in self.ema.ema.state_dict().items()},
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "head_state": [p in self.optimizer.state for p in self.model.model[-1].parameters()],
+        }
+
+
+def test_mimic_stage_then_head_transplant(data_yaml, teacher_pt, tiny, tmp_path):
+    """A ShuffleV2 student under a yolov8s teacher (nothing to select): with the default recipe, epoch 1 trains only
+    its features to imitate the teacher's (head gradients 0, detection loss off), then the student takes the teacher's
+    head through the adapters and trains on the stock loss (no terms, no teacher forward)."""
+    from pathlib import Path
+
+    shuffle = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
+    model = YOLO(shuffle)
+    model.train(
+        trainer=MimicSpy, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, kd_teacher_check=False,
+        project=str(tmp_path), name="m", **tiny,
+    )  # fmt: skip
+    trainer = model.trainer
+    assert trainer.kd_mimic and trainer.kd_mimic_epochs == 1 and [t.name for t in trainer.kd_terms] == ["mimic"]
+    rows = _csv(trainer.csv)
+    assert float(rows[0]["train/kdmim_loss"]) > 0 and float(rows[1]["train/kdmim_loss"]) == 0
+    mimic_steps = [g for g in trainer.grads if g[0] == 0]
+    assert mimic_steps and all(head == 0 and backbone > 0 for _, head, backbone in mimic_steps)
+    assert all(head > 0 for e, head, _ in trainer.grads if e == 1)
+    t = trainer.transplant
+    assert t["epoch"] == 1 and not any(t["head_state"])
+    for k, v in t["expected"].items():
+        torch.testing.assert_close(t["head"][k], v)
+    assert all(torch.equal(v, t["model"][k]) for k, v in t["ema"].items())
+    kd = torch.load(trainer.last, map_location="cpu", weights_only=False)["kd"]
+    assert kd["mimic"] and kd["transplanted"] and len(kd["mimic_stats"]["mean"]) == 3
+
+
+def test_kd_init_mimic_refuses_what_it_cannot_do(data_yaml, teacher_pt, tiny, tmp_path):
+    """Explicit kd_init=mimic fails before training for an end-to-end head and for a run too short for the stage."""
+    args = dict(trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_teacher_check=False,
+                kd_init="mimic", project=str(tmp_path), **tiny)  # fmt: skip
+    model = YOLO("yolo26n.yaml")
+    model.add_callback("on_train_batch_start", _no_batches)
+    with pytest.raises(ValueError, match="kd_init=mimic .* end-to-end"):
+        model.train(epochs=2, name="e", **args)
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_batch_start", _no_batches)
+    with pytest.raises(ValueError, match="leaving none to train the detector"):
+        model.train(epochs=2, kd_mimic_epochs=2, name="s", **args)

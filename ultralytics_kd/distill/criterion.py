@@ -43,6 +43,8 @@ class KDBatch:
         index (int): Batch index within the epoch, for error messages.
         student_recorder (FeatureRecorder | None): Hooks on the student's custom feature layers, or None to use the
             Detect head's inputs.
+        mimic (bool): A feature-mimicking batch (``kd_init=mimic``): only the ``"mimic"``-stage terms train, the
+            detection loss and every other term weigh 0.
     """
 
     teacher: dict[str, Any] | None
@@ -50,6 +52,7 @@ class KDBatch:
     epoch: int = 0
     index: int = 0
     student_recorder: FeatureRecorder | None = None
+    mimic: bool = False
 
 
 class TeacherAssigner(nn.Module):
@@ -122,7 +125,8 @@ class _KDTerms:
         else:
             kd_vec = self._terms(preds, kd, det_per_image=det.detach().sum() / bs)
         items = {**items, **{t.item: v for t, v in zip(self.terms, kd_vec.detach())}}
-        return torch.cat([det * self.alpha, kd_vec * bs]), items
+        alpha = 0.0 if kd is not None and kd.mimic else self.alpha  # the mimic stage trains the features alone
+        return torch.cat([det * alpha, kd_vec * bs]), items
 
     def _terms(self, preds: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor) -> torch.Tensor:
         """Evaluate every term in fp32 and apply schedule and cap."""
@@ -139,6 +143,9 @@ class _KDTerms:
             }
             values = []
             for term in self.terms:
+                if (term.stage == "mimic") != kd.mimic:  # a term of the other stage reports 0
+                    values.append(preds["scores"].new_zeros((), dtype=torch.float32))
+                    continue
                 s, t = student[term.source], teacher[term.source]
                 if term.source == "feats":
                     s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
@@ -150,7 +157,7 @@ class _KDTerms:
                 f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
                 f"{bad}); lower kd_T/kd_weights or lr0, or check the teacher's outputs"
             )
-        if self.max_ratio > 0:  # a term may not swamp the detection loss (why native distillation hurt on BCCD)
+        if self.max_ratio > 0 and not kd.mimic:  # a term may not swamp the detection loss (why native hurt on BCCD)
             cap = self.max_ratio * det_per_image
             vec = vec * (cap / vec.detach().clamp_min(1e-12)).clamp(max=1.0)
         return vec

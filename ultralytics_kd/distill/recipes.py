@@ -38,9 +38,11 @@ class Recipe:
             (``kd_lad`` overrides it).
         cwd_norm (bool): Normalise channels before CWD, as in PKD (``kd_cwd_norm`` overrides it).
         init (str): How a student built without weights starts: ``"select"`` from a uniform selection of the teacher's
-            weights, ``"auto"`` the same where the layouts allow, ``"none"`` at random (``kd_init`` overrides it).
+            weights, ``"mimic"`` by imitating the teacher's features and then taking its head, ``"auto"`` the first
+            where the layouts allow and else the second, ``"none"`` at random (``kd_init`` overrides it).
         inherited (str | None): Name of the recipe whose terms replace these when the student did start from the
             teacher's weights; None keeps these terms either way.
+        mimicked (str | None): The same, for a student that took the teacher's head after the mimic stage.
     """
 
     terms: tuple[TermSpec, ...]
@@ -52,6 +54,7 @@ class Recipe:
     cwd_norm: bool = False
     init: str = "none"
     inherited: str | None = None
+    mimicked: str | None = None
 
     def build(
         self,
@@ -126,6 +129,7 @@ RECIPES: dict[str, Recipe] = {
         cwd_norm=True,
         init="auto",
         inherited="init_sl2",
+        mimicked="init",
     ),
     # What the default trains with once the student inherited: weight selection + score-weighted feature L2 at 0.25
     # (native distillation's loss under our adapters and guard); kd_gain's 'sl2@0.25 [kd_init=select]': test 0.568,

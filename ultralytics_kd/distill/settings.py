@@ -18,7 +18,7 @@ __all__ = ["INIT_MODES", "KD_CFG_PATH", "KD_DEFAULTS", "KD_KEYS", "check_kd_args
 KD_CFG_PATH = Path(__file__).resolve().parents[1] / "cfg" / "kd.yaml"
 KD_DEFAULTS: dict[str, Any] = YAML.load(KD_CFG_PATH)
 KD_KEYS = frozenset(KD_DEFAULTS)
-INIT_MODES = ("auto", "select", "none")  # kd_init: see ultralytics_kd/distill/inherit.py
+INIT_MODES = ("auto", "select", "mimic", "none")  # kd_init: see distill/inherit.py and distill/transplant.py
 
 
 def kd_args(args: Any) -> dict[str, Any]:
@@ -57,6 +57,8 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         raise ValueError(f"kd_T={t} must be > 0 (a softmax temperature), e.g. kd_T=2")
     if (a := _number(args, "kd_alpha")) is not None and not 0.0 <= a <= 1.0:
         raise ValueError(f"kd_alpha={a} must be in [0, 1] (the weight of the detection loss), e.g. kd_alpha=0.65")
+    if (m := _number(args, "kd_mimic_epochs")) is not None and m <= 0:
+        raise ValueError(f"kd_mimic_epochs={m} must be > 0 (epochs, or a fraction of epochs below 1), e.g. 0.25")
     for key in ("kd_warmup", "kd_decay", "kd_max_ratio"):
         if (v := _number(args, key)) is not None and v < 0:
             raise ValueError(f"{key}={v} must be >= 0, e.g. {key}={KD_DEFAULTS[key]}")

@@ -7,12 +7,14 @@ AMP and DDP are Ultralytics' own:
   adding them to the base config the stock key check compares against, so typos in any key are still rejected and the
   settings live in ``self.args`` (hence in ``vars(args)`` for DDP, ``args.yaml`` and the checkpoint's ``train_args``
   that ``resume`` restores). Loads and checks the teacher against the dataset.
-- ``get_model``: a student built without weights may start from a selection of the teacher's (``kd_init``).
+- ``get_model``: a student built without weights may start from a selection of the teacher's (``kd_init``), or plan
+  the mimic stage that ends by giving it the teacher's head.
 - ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
 - ``build_optimizer``: adds the adapters as one more parameter group.
 - ``_setup_train``: installs ``KDDetectionLoss`` (``KDE2ELoss`` for end-to-end students) on the student, after the
   EMA copy (so neither the EMA nor its checkpoints carry it), then validates the teacher once.
-- ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``.
+- ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``;
+  at the first batch after the mimic stage, transplants the teacher's head onto the student.
 - ``save_model``: adds a ``"kd"`` key (teacher path and hash, settings, adapter weights) to the checkpoints.
 
 Examples:
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import io
 from contextlib import contextmanager, nullcontext
-from copy import copy
+from copy import copy, deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,13 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
 from ultralytics_kd.distill.inherit import inherit_problem, select_weights
+from ultralytics_kd.distill.losses.mimic import FeatureMimic
 from ultralytics_kd.distill.recipes import Recipe, get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import kd_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_kd_args, kd_args
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, file_sha256, load_teacher
+from ultralytics_kd.distill.transplant import transplant_head, transplant_problem
 
 __all__ = ["KDTrainer"]
 
@@ -119,6 +123,8 @@ class KDTrainer(DetectionTrainer):
         kd_terms (list[KDTerm]): Active distillation terms.
         kd_connectors (nn.ModuleDict): Trainable adapters per feature term.
         kd_teacher_metrics (dict | None): The teacher's validation metrics from the pre-training check.
+        kd_mimic (bool): The student imitates the teacher's features for ``kd_mimic_epochs`` epochs, then takes its
+            head (``kd_init=mimic``, or ``auto`` for a student of another family).
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
@@ -135,12 +141,14 @@ class KDTrainer(DetectionTrainer):
         self._kd_init_state = (
             None if self._kd_init_mode == "none" else {k: v.detach().clone() for k, v in teacher.state_dict().items()}
         )
+        self._kd_teacher_head = deepcopy(teacher.model[-1]).float() if self._kd_init_mode in {"auto", "mimic"} else None
         self.teacher = FrozenTeacher(teacher).to(self.device)
         self.kd_teacher_sha256 = file_sha256(a.kd_teacher_weights or a.teacher)
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
         self.kd_teacher_metrics = None
         self._kd_resume, self._kd_batch = None, 0
         self.kd_inherited = False  # the student started from the teacher's selected weights
+        self.kd_mimic, self.kd_mimic_epochs, self._kd_transplanted = False, 0, False
         self._kd_student_rec = self._kd_teacher_rec = None
         self.add_callback("on_train_end", _write_report)
 
@@ -152,12 +160,29 @@ class KDTrainer(DetectionTrainer):
         if weights is not None and mode == "select" and not self.resume:
             LOGGER.warning(f"{PREFIX} kd_init=select skipped: the student already has weights, which are kept")
         if weights is None and not self.resume and mode != "none":
-            why = inherit_problem(model, self._kd_init_state)
+            why = inherit_problem(model, self._kd_init_state) if mode != "mimic" else None
             if why and mode == "select":
                 raise ValueError(
                     f"kd_init=select copies the teacher's weights into a student of the same layout, but {why}. "
                     f"Set kd_init=none (or auto) for a student of another family"
                 )
+            if mode == "mimic" or why:
+                how = transplant_problem(model.model[-1], self._kd_teacher_head) or _mimic_problem(
+                    self.args.kd_mimic_epochs, self.epochs
+                )
+                if how and mode == "mimic":
+                    raise ValueError(
+                        f"kd_init=mimic imitates the teacher's features, then gives the student the teacher's Detect "
+                        f"head, but {how}. Set kd_init=none (or auto)"
+                    )
+                if not how:
+                    self.kd_mimic = True
+                    LOGGER.info(
+                        f"{PREFIX} kd_init={mode}: the student imitates the teacher's Detect inputs for the first "
+                        f"kd_mimic_epochs, then takes the teacher's head" + (f" ({why})" if why else "")
+                    )
+                    return model
+                why = f"{why}; no head transplant either: {how}"
             if why:
                 LOGGER.warning(
                     f"{PREFIX} kd_init=auto: student keeps its random init ({why}). Loss terms alone can leave such a "
@@ -175,6 +200,8 @@ class KDTrainer(DetectionTrainer):
         self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
         if self._kd_resume:  # the student loads its own weights now; whether it first inherited is in the checkpoint
             self.kd_inherited = bool(self._kd_resume.get("inherited", False))
+            self.kd_mimic = bool(self._kd_resume.get("mimic", False))
+            self._kd_transplanted = bool(self._kd_resume.get("transplanted", False))
         return ckpt
 
     def set_model_attributes(self):
@@ -204,6 +231,9 @@ class KDTrainer(DetectionTrainer):
                 "kd_lad=True assigns a one-to-many student's targets from the teacher; this student has an end-to-end "
                 "(one-to-one) head, whose assignment it does not cover. Set kd_lad=False or use a one-to-many student"
             )
+        if self.kd_mimic:
+            self.kd_mimic_epochs = _mimic_epochs(a.kd_mimic_epochs, self.epochs)
+            terms = [FeatureMimic(), *terms]
         self.kd_terms = terms
         if any(t.source == "feats" for t in terms):
             self._build_feature_side(student, terms)
@@ -213,7 +243,7 @@ class KDTrainer(DetectionTrainer):
             f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, terms ["
             + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
             + f"], conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}, lad={self.kd_lad}, "
-            f"init={self._kd_init_mode}"
+            f"init={self._kd_init_mode}" + (f", mimic stage: epochs 1-{self.kd_mimic_epochs}" if self.kd_mimic else "")
         )
 
     def _effective_recipe(self) -> Recipe:
@@ -223,16 +253,15 @@ class KDTrainer(DetectionTrainer):
         ``kd_weights`` are given per term of the named recipe, so with them its own terms are kept.
         """
         a, recipe = self.args, get_recipe(self.args.kd_recipe)
-        if not (recipe.inherited and self.kd_inherited):
+        other = recipe.inherited if self.kd_inherited else recipe.mimicked if self.kd_mimic else None
+        if not other:
             return recipe
         if a.kd_weights is not None:
             LOGGER.info(f"{PREFIX} kd_recipe={a.kd_recipe} keeps its own terms: kd_weights sets their weights")
             return recipe
-        LOGGER.info(
-            f"{PREFIX} the student inherited the teacher's weights: kd_recipe={a.kd_recipe} trains with the "
-            f"terms of '{recipe.inherited}'"
-        )
-        return get_recipe(recipe.inherited)
+        how = "inherited the teacher's weights" if self.kd_inherited else "takes the teacher's head after mimicking"
+        LOGGER.info(f"{PREFIX} the student {how}: kd_recipe={a.kd_recipe} trains with the terms of '{other}'")
+        return get_recipe(other)
 
     def _build_feature_side(self, student: nn.Module, terms: list) -> None:
         """Pair student and teacher feature layers, measure their channels with one dummy pass, build adapters."""
@@ -287,6 +316,8 @@ class KDTrainer(DetectionTrainer):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
         super()._setup_train()
         self._kd_init_state = None  # the student is built by now; the unfused teacher copy is no longer needed
+        if not self.kd_mimic or self._kd_transplanted:
+            self._kd_teacher_head = None
         model = unwrap_model(self.model)
         end2end = getattr(model.model[-1], "one2one_cv2", None) is not None
         resumed = getattr(model, "criterion", None)  # an end-to-end resume restores its o2m/o2o schedule here
@@ -340,20 +371,52 @@ class KDTrainer(DetectionTrainer):
             return batch
         i, self._kd_batch = self._kd_batch, self._kd_batch + 1
         a = self.args
-        off_from = self.epochs - a.close_mosaic if a.kd_off_last and a.close_mosaic else None
-        scale = kd_scale(
-            self.epoch + i / max(len(self.train_loader), 1), self.epochs, a.kd_warmup, a.kd_decay, off_from
-        )
+        mimic = self.kd_mimic and self.epoch < self.kd_mimic_epochs
+        if self.kd_mimic and not mimic and not self._kd_transplanted:
+            self._kd_transplant()
+        if mimic:  # features only; one optimizer step per batch, as few epochs have to move a random backbone far
+            scale, self.accumulate = 1.0, 1
+        else:
+            off_from = self.epochs - a.close_mosaic if a.kd_off_last and a.close_mosaic else None
+            scale = kd_scale(
+                self.epoch + i / max(len(self.train_loader), 1), self.epochs, a.kd_warmup, a.kd_decay, off_from
+            )
+        active = [t for t in self.kd_terms if (t.stage == "mimic") == mimic] or (self.kd_lad and not mimic)
         teacher, student_rec = None, None
-        if scale > 0 and (self.kd_terms or self.kd_lad):  # off epochs (and init-only runs) skip the teacher entirely
+        if scale > 0 and active:  # off epochs (and init-only runs) skip the teacher entirely
             with torch.no_grad(), self._kd_teacher_rec or nullcontext() as rec:
                 teacher = self.teacher(batch["img"])
             if rec is not None:
                 teacher = {**teacher, "feats": rec.features}
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
-        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec)
+        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic=mimic)
         return batch
+
+    def _kd_transplant(self) -> None:
+        """End the mimic stage: give the student the teacher's head read through the mimic adapters.
+
+        The EMA restarts from the new student and the head's optimizer state (moments of a head the mimic stage never
+        trained) is dropped. Under DDP, rank 0's head is broadcast: adapter BN statistics are per rank.
+        """
+        model = unwrap_model(self.model)
+        term = next(t for t in self.kd_terms if t.stage == "mimic")
+        adapters = self.kd_connectors[term.name]
+        was_training = adapters.training
+        adapters.eval()
+        transplant_head(model.model[-1], self._kd_teacher_head.to(self.device), adapters, term.mean, term.std)
+        adapters.train(was_training)
+        head = model.model[-1]
+        if self.world_size > 1:
+            for v in head.state_dict().values():
+                dist.broadcast(v, 0)
+        if self.ema:
+            self.ema.ema.load_state_dict(model.state_dict())
+        for p in head.parameters():
+            self.optimizer.state.pop(p, None)
+        self.accumulate = max(round(self.args.nbs / self.batch_size), 1)
+        self._kd_transplanted, self._kd_teacher_head = True, None
+        LOGGER.info(f"{PREFIX} epoch {self.epoch + 1}: mimic stage over, the student takes the teacher's head")
 
     def optimizer_step(self):
         """Average adapter gradients across DDP ranks (they live outside the DDP-wrapped student), clip them, step."""
@@ -387,6 +450,9 @@ class KDTrainer(DetectionTrainer):
             "teacher_sha256": self.kd_teacher_sha256,
             "settings": kd_args(self.args),
             "inherited": self.kd_inherited,
+            "mimic": self.kd_mimic,
+            "transplanted": self._kd_transplanted,
+            "mimic_stats": next((t.stats() for t in self.kd_terms if t.stage == "mimic"), None),
             "connectors": {k: v.detach().cpu().clone() for k, v in self.kd_connectors.state_dict().items()},
             "teacher_metrics": {k: float(v) for k, v in (self.kd_teacher_metrics or {}).items()},  # no numpy types
             "version": __version__,
@@ -418,6 +484,21 @@ class KDTrainer(DetectionTrainer):
             )
         if state.get("connectors"):
             self.kd_connectors.load_state_dict(state["connectors"])
+        if state.get("mimic_stats"):
+            next(t for t in self.kd_terms if t.stage == "mimic").load_stats(state["mimic_stats"], self.device)
+
+
+def _mimic_epochs(value: float, epochs: int) -> int:
+    """Epochs of the mimic stage: ``value`` epochs, or that fraction of ``epochs`` below 1 (at least one)."""
+    return max(1, round(value * epochs)) if value < 1 else round(value)
+
+
+def _mimic_problem(value: float, epochs: int) -> str | None:
+    """Why a run of ``epochs`` has no room for a mimic stage of ``kd_mimic_epochs=value``, or None."""
+    n = _mimic_epochs(value, epochs)
+    if n >= epochs:
+        return f"kd_mimic_epochs={value} gives {n} mimic epochs of {epochs}, leaving none to train the detector"
+    return None
 
 
 def _write_report(trainer: KDTrainer) -> None:

@@ -7,6 +7,7 @@ from ultralytics_kd.distill.losses.cls_kl import ClassKL
 from ultralytics_kd.distill.losses.cwd import ChannelWiseDistill
 from ultralytics_kd.distill.losses.feat_mse import FeatureMSE
 from ultralytics_kd.distill.losses.ld import LocalizationDistill
+from ultralytics_kd.distill.losses.mimic import FeatureMimic
 from ultralytics_kd.distill.losses.sl2 import ScoreWeightedL2
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ClassBCE",
     "ClassKL",
     "FeatureMSE",
+    "FeatureMimic",
     "KDTerm",
     "LocalizationDistill",
     "ScoreWeightedL2",

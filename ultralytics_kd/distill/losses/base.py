@@ -31,11 +31,14 @@ class KDTerm(nn.Module):
             results.png plots only such columns) and fit in 10 characters (the progress bar prints names in
             11-wide columns with no separator).
         source (str): Which output the term reads: ``"scores"``, ``"boxes"`` or ``"feats"``.
+        stage (str): When the term trains: ``"distill"`` (with the detection loss) or ``"mimic"`` (alone, during the
+            feature-mimicking epochs of ``kd_init=mimic``).
     """
 
     name: ClassVar[str] = ""
     item: ClassVar[str] = ""
     source: ClassVar[str] = "scores"
+    stage: ClassVar[str] = "distill"
 
     def __init__(self, weight: float = 1.0, tau: float = 1.0):
         """Store the weight and temperature."""
