@@ -626,3 +626,41 @@ def test_kd_init_mimic_refuses_what_it_cannot_do(data_yaml, teacher_pt, tiny, tm
     model.add_callback("on_train_batch_start", _no_batches)
     with pytest.raises(ValueError, match="leaving none to train the detector"):
         model.train(epochs=2, kd_mimic_epochs=2, name="s", **args)
+
+
+def test_resume_inside_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path):
+    """Stopped after epoch 1 of a 2-epoch mimic stage, a resumed run restores the adapters and the teacher statistics,
+    finishes the stage and then takes the head."""
+    from pathlib import Path
+
+    shuffle = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
+    model = YOLO(shuffle)
+
+    def stop_after_first_save(trainer):
+        raise _Stop
+
+    model.add_callback("on_model_save", stop_after_first_save)
+    with pytest.raises(_Stop):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=3, kd_mimic_epochs=2,
+            kd_teacher_check=False, project=str(tmp_path), name="r", **tiny,
+        )  # fmt: skip
+    last = tmp_path / "r" / "weights" / "last.pt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)["kd"]
+    assert saved["mimic"] and not saved["transplanted"] and len(saved["mimic_stats"]["std"]) == 3
+    resumed = YOLO(last)
+    seen = {}
+
+    def at_start(trainer):
+        term = trainer.kd_terms[0]
+        seen["std"] = [s.clone() for s in term.std]
+        seen["adapters"] = {k: v.clone() for k, v in trainer.kd_connectors.state_dict().items()}
+
+    resumed.add_callback("on_train_start", at_start)
+    resumed.train(trainer=KDTrainer, resume=True)
+    trainer = resumed.trainer
+    assert trainer.start_epoch == 1 and trainer.kd_mimic and trainer._kd_transplanted
+    assert len(seen["std"]) == 3 and all(torch.equal(a, b) for a, b in zip(seen["std"], saved["mimic_stats"]["std"]))
+    assert all(torch.equal(v, saved["connectors"][k]) for k, v in seen["adapters"].items())
+    rows = _csv(trainer.csv)
+    assert [float(r["train/kdmim_loss"]) > 0 for r in rows] == [True, True, False]
