@@ -7,6 +7,7 @@ import math
 import pickle
 import pickletools
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
 from ultralytics_kd import KDTrainer
 from ultralytics_kd.distill.settings import kd_args
 
+SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
 ALL_TERMS = "cls_bce+cls_kl+ld+box+feat_mse+cwd+sl2"
 KD_COLUMNS = ["kdcls_loss", "kdkl_loss", "kdld_loss", "kdbox_loss", "kdmse_loss", "kdcwd_loss", "kdsl2_loss"]
 
@@ -195,21 +197,24 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("student", ["yolov8n.yaml", "yolo26n.yaml"])
-def test_resume_continues_with_same_teacher_and_settings(student, data_yaml, teacher_pt, tiny, tmp_path):
-    settings = dict(kd_recipe="cls_bce+cwd", kd_T=3.0, kd_weights=[1.0, 0.5], kd_teacher_check=False)
-    model = YOLO(student)
+def _train_until_first_save(model, name, tmp_path, **train_args):
+    """Train with KDTrainer until the first checkpoint is written (end of epoch 1), as an interrupted run; return it."""
 
     def stop_after_first_save(trainer):
         raise _Stop
 
     model.add_callback("on_model_save", stop_after_first_save)
     with pytest.raises(_Stop):
-        model.train(
-            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, project=str(tmp_path), name="r",
-            **settings, **tiny,
-        )  # fmt: skip
-    last = tmp_path / "r" / "weights" / "last.pt"
+        model.train(trainer=KDTrainer, project=str(tmp_path), name=name, **train_args)
+    return tmp_path / name / "weights" / "last.pt"
+
+
+@pytest.mark.parametrize("student", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_resume_continues_with_same_teacher_and_settings(student, data_yaml, teacher_pt, tiny, tmp_path):
+    settings = dict(kd_recipe="cls_bce+cwd", kd_T=3.0, kd_weights=[1.0, 0.5], kd_teacher_check=False)
+    last = _train_until_first_save(
+        YOLO(student), "r", tmp_path, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, **settings, **tiny
+    )
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0 and saved["kd"]["settings"]["kd_recipe"] == "cls_bce+cwd"
 
@@ -506,18 +511,10 @@ def test_kd_init_starts_the_student_from_the_teacher(settings, terms, data_yaml,
 
 def test_resume_keeps_the_inherited_terms(data_yaml, teacher_pt, tiny, tmp_path):
     """A resumed student loads its own weights (no selection), yet keeps the terms it started with after inheriting."""
-    model = YOLO("yolov8n.yaml")
-
-    def stop_after_first_save(trainer):
-        raise _Stop
-
-    model.add_callback("on_model_save", stop_after_first_save)
-    with pytest.raises(_Stop):
-        model.train(
-            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, kd_teacher_check=False,
-            project=str(tmp_path), name="r", **tiny,
-        )  # fmt: skip
-    last = tmp_path / "r" / "weights" / "last.pt"
+    last = _train_until_first_save(
+        YOLO("yolov8n.yaml"), "r", tmp_path, teacher=str(teacher_pt), data=str(data_yaml), epochs=2,
+        kd_teacher_check=False, **tiny,
+    )  # fmt: skip
     assert torch.load(last, map_location="cpu", weights_only=False)["kd"]["inherited"] is True
     resumed = YOLO(last)
     resumed.train(trainer=KDTrainer, resume=True)
@@ -590,10 +587,7 @@ def test_mimic_stage_then_head_transplant(data_yaml, teacher_pt, tiny, tmp_path)
     """A ShuffleV2 student under a yolov8s teacher (nothing to select): with the default recipe, epoch 1 trains only
     its features to imitate the teacher's (head gradients 0, detection loss off), then the student takes the teacher's
     head through the adapters and trains on the stock loss (no terms, no teacher forward)."""
-    from pathlib import Path
-
-    shuffle = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
-    model = YOLO(shuffle)
+    model = YOLO(SHUFFLE)
     model.train(
         trainer=MimicSpy, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, kd_teacher_check=False,
         project=str(tmp_path), name="m", **tiny,
@@ -631,21 +625,10 @@ def test_kd_init_mimic_refuses_what_it_cannot_do(data_yaml, teacher_pt, tiny, tm
 def test_resume_inside_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path):
     """Stopped after epoch 1 of a 2-epoch mimic stage, a resumed run restores the adapters and the teacher statistics,
     finishes the stage and then takes the head."""
-    from pathlib import Path
-
-    shuffle = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
-    model = YOLO(shuffle)
-
-    def stop_after_first_save(trainer):
-        raise _Stop
-
-    model.add_callback("on_model_save", stop_after_first_save)
-    with pytest.raises(_Stop):
-        model.train(
-            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=3, kd_mimic_epochs=2,
-            kd_teacher_check=False, project=str(tmp_path), name="r", **tiny,
-        )  # fmt: skip
-    last = tmp_path / "r" / "weights" / "last.pt"
+    last = _train_until_first_save(
+        YOLO(SHUFFLE), "r", tmp_path, teacher=str(teacher_pt), data=str(data_yaml), epochs=3, kd_mimic_epochs=2,
+        kd_teacher_check=False, **tiny,
+    )  # fmt: skip
     saved = torch.load(last, map_location="cpu", weights_only=False)["kd"]
     assert saved["mimic"] and not saved["transplanted"] and len(saved["mimic_stats"]["std"]) == 3
     resumed = YOLO(last)
