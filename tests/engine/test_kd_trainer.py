@@ -606,6 +606,9 @@ def test_mimic_stage_then_head_transplant(data_yaml, teacher_pt, tiny, tmp_path)
     assert all(torch.equal(v, t["model"][k]) for k, v in t["ema"].items())
     kd = torch.load(trainer.last, map_location="cpu", weights_only=False)["kd"]
     assert kd["mimic"] and kd["transplanted"] and len(kd["mimic_stats"]["mean"]) == 3
+    # each stage has a schedule of its own: epoch 2 restarts at lr0, ramped by 1/(warmup_epochs + 1), not at lf(1)=0.5
+    group = trainer.optimizer.param_groups[0]
+    assert trainer.lf(1) == pytest.approx(0.25) and group["lr"] == pytest.approx(group["initial_lr"] * 0.25)
 
 
 def test_kd_init_mimic_refuses_what_it_cannot_do(data_yaml, teacher_pt, tiny, tmp_path):

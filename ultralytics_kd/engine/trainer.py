@@ -11,6 +11,8 @@ AMP and DDP are Ultralytics' own:
   the mimic stage that ends by giving it the teacher's head.
 - ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
 - ``build_optimizer``: adds the adapters as one more parameter group.
+- ``_setup_scheduler``: with a mimic stage, the stage and the rest of the run each get the stock schedule of their own
+  length, the second with an epoch-wise warm-up (the stock warm-up only covers the first epochs of the run).
 - ``_setup_train``: installs ``KDDetectionLoss`` (``KDE2ELoss`` for end-to-end students) on the student, after the
   EMA copy (so neither the EMA nor its checkpoints carry it), then validates the teacher once.
 - ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``;
@@ -37,7 +39,7 @@ from torch import nn
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.utils.torch_utils import one_cycle, unwrap_model
 
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
@@ -312,6 +314,32 @@ class KDTrainer(DetectionTrainer):
             optimizer.add_param_group({**group, "params": params, "param_group": "kd_adapter"})
         return optimizer
 
+    def _setup_scheduler(self):
+        """The stock schedule; with a mimic stage, one stock schedule per stage (each decays over its own epochs).
+
+        The mimic stage is a short run of its own: the student's features should settle before the head is transplanted,
+        and the detector then starts afresh from the transplanted head, ramping its learning rate up again over
+        ``warmup_epochs`` epochs. kd_gain measured the two stages as separate runs before this schedule joined them.
+        """
+        super()._setup_scheduler()
+        if not self.kd_mimic:
+            return
+        m, w = self.kd_mimic_epochs, self.args.warmup_epochs
+        first, second = self._stage_lf(m), self._stage_lf(self.epochs - m)
+
+        def lf(x):
+            return first(x) if x < m else second(x - m) * (min(1.0, (x - m + 1) / (w + 1)) if w > 0 else 1.0)
+
+        self.lf = lf
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=lf)
+
+    def _stage_lf(self, n: int):
+        """The stock learning-rate factor (cosine or linear, down to ``lrf``) for a run of ``n`` epochs."""
+        if self.args.cos_lr:
+            return one_cycle(1, self.args.lrf, n)
+        lrf = self.args.lrf
+        return lambda x: max(1 - x / n, 0) * (1.0 - lrf) + lrf
+
     def _setup_train(self):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
         super()._setup_train()
@@ -410,8 +438,9 @@ class KDTrainer(DetectionTrainer):
         if self.world_size > 1:
             for v in head.state_dict().values():
                 dist.broadcast(v, 0)
-        if self.ema:
+        if self.ema:  # the EMA starts afresh from the new student, as in a new run
             self.ema.ema.load_state_dict(model.state_dict())
+            self.ema.updates = 0
         for p in head.parameters():
             self.optimizer.state.pop(p, None)
         self.accumulate = max(round(self.args.nbs / self.batch_size), 1)
