@@ -68,4 +68,5 @@ def test_distill_custom_example(tmp_path):
     )
     run = tmp_path / "kd" / "train"
     assert (run / "weights" / "best.pt").is_file() and (run / "kd_report.md").is_file()
-    assert "kdld_loss" in (run / "results.csv").read_text()  # the default for a student that cannot inherit
+    # the default for a student that cannot inherit: 1 epoch leaves no room for the mimic stage, so LD + CWD from random
+    assert "kdld_loss" in (run / "results.csv").read_text()
