@@ -319,7 +319,8 @@ class KDTrainer(DetectionTrainer):
 
         The mimic stage is a short run of its own: the student's features should settle before the head is transplanted,
         and the detector then starts afresh from the transplanted head, ramping its learning rate up again over
-        ``warmup_epochs`` epochs. kd_gain measured the two stages as separate runs before this schedule joined them.
+        ``warmup_epochs`` epochs. With one shared schedule instead, the ShuffleV2 student only drew level with scratch
+        on BCCD (docs/BENCHMARKS.md, Session 8).
         """
         super()._setup_scheduler()
         if not self.kd_mimic:
