@@ -59,15 +59,15 @@ def transplant_problem(student_head: nn.Module, teacher_head: nn.Module) -> str 
         if s is None or t is None or len(s) != len(t):
             return f"the heads' '{br}' branches differ"
         for i, (sb, tb) in enumerate(zip(s, t)):
-            if _first_conv(sb) is None or _first_conv(tb) is None:
+            s0, t0 = _first_conv(sb), _first_conv(tb)
+            if s0 is None or t0 is None:
                 return f"'{br}.{i}' does not start with a plain Conv (e.g. a depthwise one, as in YOLO11 heads)"
-            if _first_conv(sb).conv.kernel_size != _first_conv(tb).conv.kernel_size:
+            if s0.conv.kernel_size != t0.conv.kernel_size:
                 return f"'{br}.{i}.0' kernels differ"
-            rest_s, rest_t = nn.Sequential(*list(sb)[1:]), nn.Sequential(*list(tb)[1:])
-            if why := inherit_problem(rest_s, rest_t):
-                return f"'{br}.{i}' after its first Conv: {why}"
-            if _first_conv(sb).conv.out_channels > _first_conv(tb).conv.out_channels:
+            if s0.conv.out_channels > t0.conv.out_channels:
                 return f"'{br}.{i}.0' is wider in the student than in the teacher"
+            if why := inherit_problem(nn.Sequential(*list(sb)[1:]), nn.Sequential(*list(tb)[1:])):
+                return f"'{br}.{i}' after its first Conv: {why}"
     return None
 
 
