@@ -8,6 +8,7 @@ import pickle
 import pickletools
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -579,7 +580,7 @@ class MimicSpy(KDTrainer):
             "head": {k: v.clone() for k, v in self.model.model[-1].state_dict().items()},
             "ema": {k: v.clone() for k, v in self.ema.ema.state_dict().items()},
             "model": {k: v.clone() for k, v in self.model.state_dict().items()},
-            "head_state": [p in self.optimizer.state for p in self.model.model[-1].parameters()],
+            "optimizer_state": len(self.optimizer.state),
         }
 
 
@@ -600,15 +601,39 @@ def test_mimic_stage_then_head_transplant(data_yaml, teacher_pt, tiny, tmp_path)
     assert mimic_steps and all(head == 0 and backbone > 0 for _, head, backbone in mimic_steps)
     assert all(head > 0 for e, head, _ in trainer.grads if e == 1)
     t = trainer.transplant
-    assert t["epoch"] == 1 and not any(t["head_state"])
+    assert t["epoch"] == 1 and t["optimizer_state"] == 0
     for k, v in t["expected"].items():
         torch.testing.assert_close(t["head"][k], v)
     assert all(torch.equal(v, t["model"][k]) for k, v in t["ema"].items())
     kd = torch.load(trainer.last, map_location="cpu", weights_only=False)["kd"]
     assert kd["mimic"] and kd["transplanted"] and len(kd["mimic_stats"]["mean"]) == 3
-    # each stage has a schedule of its own: epoch 2 restarts at lr0, ramped by 1/(warmup_epochs + 1), not at lf(1)=0.5
+    # each stage has a schedule of its own: epoch 2 (a stage too short to warm up) restarts at lr0, not at lf(1)
     group = trainer.optimizer.param_groups[0]
-    assert trainer.lf(1) == pytest.approx(0.25) and group["lr"] == pytest.approx(group["initial_lr"] * 0.25)
+    assert trainer.lf(1) == 1.0 and group["lr"] == pytest.approx(group["initial_lr"])
+
+
+def test_each_stage_warms_up_like_a_run_of_its_length():
+    """With a mimic stage the stock warm-up is off; each stage ramps lr (bias lr down), momentum and, after the stage,
+    accumulate over its share of warmup_epochs: 40 epochs, 10 of them mimic, 13 batches -> 10 and 29 iterations."""
+    groups = [{"param_group": g, "initial_lr": 0.01, "momentum": 0.937} for g in ("bias", "weight")]
+    t = SimpleNamespace(
+        args=SimpleNamespace(warmup_epochs=3, warmup_bias_lr=0.1, warmup_momentum=0.8, momentum=0.937, nbs=64),
+        train_loader=range(13), kd_mimic=True, kd_mimic_epochs=10, epochs=40, batch_size=16, accumulate=1,
+        optimizer=SimpleNamespace(param_groups=groups), lf=lambda x: 1.0 if x < 10 else 0.5,
+    )  # fmt: skip
+    assert KDTrainer._get_warmup_iterations(t, 13) == 0
+
+    def at(epoch, i, mimic):
+        t.epoch = epoch
+        KDTrainer._warm_up_stage(t, i, mimic)
+        return [round(g["lr"], 6) for g in groups], round(groups[0]["momentum"], 6), t.accumulate
+
+    assert at(0, 5, True) == ([0.055, 0.005], 0.8685, 1)
+    assert at(0, 11, True) == ([0.055, 0.005], 0.8685, 1)  # past the stage's 10 warm-up iterations: left alone
+    assert at(10, 0, False) == ([0.1, 0.0], 0.8, 1)  # the second stage starts its own warm-up
+    f = 14 / 29
+    assert at(11, 1, False) == ([round(0.1 - f * 0.095, 6), round(f * 0.005, 6)], round(0.8 + f * 0.137, 6), 2)
+    assert at(12, 3, False) == ([0.005, 0.005], 0.937, 4)
 
 
 def test_kd_init_mimic_refuses_what_it_cannot_do(data_yaml, teacher_pt, tiny, tmp_path):

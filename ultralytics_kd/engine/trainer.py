@@ -11,8 +11,8 @@ AMP and DDP are Ultralytics' own:
   the mimic stage that ends by giving it the teacher's head.
 - ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
 - ``build_optimizer``: adds the adapters as one more parameter group.
-- ``_setup_scheduler``: with a mimic stage, the stage and the rest of the run each get the stock schedule of their own
-  length, the second with an epoch-wise warm-up (the stock warm-up only covers the first epochs of the run).
+- ``_setup_scheduler``, ``_get_warmup_iterations``: with a mimic stage, the stage and the rest of the run each get the
+  stock schedule and warm-up of their own length (``_warm_up_stage``, called per batch).
 - ``_setup_train``: installs ``KDDetectionLoss`` (``KDE2ELoss`` for end-to-end students) on the student, after the
   EMA copy (so neither the EMA nor its checkpoints carry it), then validates the teacher once.
 - ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``;
@@ -318,21 +318,17 @@ class KDTrainer(DetectionTrainer):
         """The stock schedule; with a mimic stage, one stock schedule per stage (each decays over its own epochs).
 
         The mimic stage is a short run of its own: the student's features should settle before the head is transplanted,
-        and the detector then starts afresh from the transplanted head, ramping its learning rate up again over
-        ``warmup_epochs`` epochs. With one shared schedule instead, the ShuffleV2 student only drew level with scratch
-        on BCCD (docs/BENCHMARKS.md, Session 8).
+        and the detector then starts afresh from the transplanted head. With one shared schedule instead, the ShuffleV2
+        student only drew level with scratch on BCCD (docs/BENCHMARKS.md, Session 8). Each stage warms up on its own
+        (``_warm_up_stage``).
         """
         super()._setup_scheduler()
         if not self.kd_mimic:
             return
-        m, w = self.kd_mimic_epochs, self.args.warmup_epochs
+        m = self.kd_mimic_epochs
         first, second = self._stage_lf(m), self._stage_lf(self.epochs - m)
-
-        def lf(x):
-            return first(x) if x < m else second(x - m) * (min(1.0, (x - m + 1) / (w + 1)) if w > 0 else 1.0)
-
-        self.lf = lf
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=lf)
+        self.lf = lambda x: first(x) if x < m else second(x - m)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
 
     def _stage_lf(self, n: int):
         """The stock learning-rate factor (cosine or linear, down to ``lrf``) for a run of ``n`` epochs."""
@@ -340,6 +336,32 @@ class KDTrainer(DetectionTrainer):
             return one_cycle(1, self.args.lrf, n)
         lrf = self.args.lrf
         return lambda x: max(1 - x / n, 0) * (1.0 - lrf) + lrf
+
+    def _get_warmup_iterations(self, num_batches: int) -> int:
+        """The stock warm-up, except with a mimic stage, where each stage warms up on its own (``_warm_up_stage``)."""
+        return 0 if self.kd_mimic else super()._get_warmup_iterations(num_batches)
+
+    def _warm_up_stage(self, i: int, mimic: bool) -> None:
+        """Warm up the current stage as a stock run of its length starts, over its share of ``warmup_epochs``.
+
+        Over the stage's first ``warmup_epochs * stage_epochs / epochs`` epochs, each learning rate moves linearly from
+        0 (bias: from ``warmup_bias_lr``) to its scheduled value, momentum from ``warmup_momentum`` and, after the
+        mimic stage, gradient accumulation from 1 to its nominal value.
+        """
+        a, nb, m = self.args, len(self.train_loader), self.kd_mimic_epochs
+        start, n = (0, m) if mimic else (m, self.epochs - m)
+        nw = round(min(a.warmup_epochs * n / self.epochs, n - 1) * nb)
+        k = i + nb * (self.epoch - start)
+        if k > nw or nw <= 0:
+            return
+        f = k / nw
+        if not mimic:
+            self.accumulate = max(1, round(1 + f * (max(round(a.nbs / self.batch_size), 1) - 1)))
+        for g in self.optimizer.param_groups:
+            lr0 = a.warmup_bias_lr if g.get("param_group") == "bias" else 0.0
+            g["lr"] = lr0 + f * (g["initial_lr"] * self.lf(self.epoch) - lr0)
+            if "momentum" in g:
+                g["momentum"] = a.warmup_momentum + f * (a.momentum - a.warmup_momentum)
 
     def _setup_train(self):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
@@ -403,6 +425,8 @@ class KDTrainer(DetectionTrainer):
         mimic = self.kd_mimic and self.epoch < self.kd_mimic_epochs
         if self.kd_mimic and not mimic and not self._kd_transplanted:
             self._kd_transplant()
+        if self.kd_mimic:
+            self._warm_up_stage(i, mimic)
         if mimic:  # features only; one optimizer step per batch, as few epochs have to move a random backbone far
             scale, self.accumulate = 1.0, 1
         else:
@@ -425,8 +449,10 @@ class KDTrainer(DetectionTrainer):
     def _kd_transplant(self) -> None:
         """End the mimic stage: give the student the teacher's head read through the mimic adapters.
 
-        The EMA restarts from the new student and the head's optimizer state (moments of a head the mimic stage never
-        trained) is dropped. Under DDP, rank 0's head is broadcast: adapter BN statistics are per rank.
+        The EMA and the optimizer state restart, as in a new run: moments gathered on the imitation loss would set the
+        step sizes of the detection loss for the rest of the run (Adam's second moments decay over about 1000 steps; a
+        BCCD run has about 100 after the stage). Under DDP, rank 0's head is broadcast: adapter BN statistics are per
+        rank.
         """
         model = unwrap_model(self.model)
         term = next(t for t in self.kd_terms if t.stage == "mimic")
@@ -442,8 +468,7 @@ class KDTrainer(DetectionTrainer):
         if self.ema:  # the EMA starts afresh from the new student, as in a new run
             self.ema.ema.load_state_dict(model.state_dict())
             self.ema.updates = 0
-        for p in head.parameters():
-            self.optimizer.state.pop(p, None)
+        self.optimizer.state.clear()
         self.accumulate = max(round(self.args.nbs / self.batch_size), 1)
         self._kd_transplanted, self._kd_teacher_head = True, None
         LOGGER.info(f"{PREFIX} epoch {self.epoch + 1}: mimic stage over, the student takes the teacher's head")
