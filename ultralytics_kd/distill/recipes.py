@@ -111,9 +111,10 @@ RECIPES: dict[str, Recipe] = {
     # Chosen by benchmarks/kd_gain.py on BCCD (YOLOv9-s teacher, 40 epochs, 320 px; see BENCHMARKS.md).
     # A student of the teacher's layout starts from the teacher's selected weights (init=auto) and then trains with the
     # term of 'init_sl2'. A student of another family whose head has the teacher's head layout runs the mimic stage and
-    # takes the teacher's head, then trains on the stock loss ('init': no terms). ShuffleV2 student (session 8): test
-    # mAP50-95 0.458, 0.406, 0.438 at seeds 0-2 against scratch 0.413, 0.412, 0.419. Any other student keeps its
-    # random init and trains with LD + PKD-normalised CWD, weight 1 each, without teacher-assigned labels (LAD).
+    # takes the teacher's head, then trains on the stock loss ('init': no terms). ShuffleV2 student (session 9): test
+    # mAP50-95 0.448, 0.420, 0.435, 0.432, 0.440, 0.435 at seeds 0-5 against scratch 0.413, 0.412, 0.419, 0.423, 0.423,
+    # 0.425. Any other student keeps its random init and trains with LD + PKD-normalised CWD, weight 1 each, without
+    # teacher-assigned labels (LAD).
     # Random init, yolov9t student: LD + CWD gave test mAP50-95 0.476 and 0.479 at seeds 0-1 (scratch 0.475, 0.452);
     # with LAD 0.481 and 0.482. ShuffleV2 student (cfg/models/yolov9-tiny-shufflev2.yaml): LD + CWD 0.420, 0.384, 0.407
     # at seeds 0-2 against scratch 0.413, 0.412, 0.419; with LAD 0.388 at seed 0. So LAD is dropped: it hurt the
