@@ -97,9 +97,33 @@ def test_plugin_modes_dispatch_lazily(monkeypatch):
     assert set(cli.PLUGIN_MODES) >= {"synth", "demo", "report"}
 
 
-def test_console_script_runs():
+def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the installed ``yolo-kd`` console script, as a shell or CI script would."""
     script = Path(sys.executable).parent / "yolo-kd"
     if not script.exists():
         pytest.skip("package not installed in this environment (pip install -e .)")
-    out = subprocess.run([str(script), "version"], capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_console_script_runs(tmp_path):
+    out = _console("version", cwd=tmp_path)
     assert out.returncode == 0 and "8.4" in out.stdout + out.stderr
+
+
+def test_console_script_exits_0_after_success(data_yaml, teacher_pt, tmp_path):
+    """``yolo-kd train ... && yolo-kd export ...`` must go on: success is status 0, not the returned metrics."""
+    out = _console(
+        "train", "model=yolov8n.yaml", f"data={data_yaml}", f"teacher={teacher_pt}", "kd_teacher_check=False",
+        *TINY_ARGS, f"project={tmp_path}", "name=kd", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "kd" / "weights" / "last.pt").is_file() and "DetMetrics" not in out.stdout + out.stderr
+    out = _console("synth", f"out={tmp_path / 'synth'}", "n=4", "imgsz=64", cwd=tmp_path)
+    assert out.returncode == 0 and (tmp_path / "synth" / "data.yaml").is_file(), out.stderr[-2000:]
+
+
+def test_console_script_exits_1_on_bad_input(data_yaml, tmp_path):
+    """Bad input: status 1, the message naming the fix on stderr, no traceback."""
+    out = _console("train", "model=yolov8n.yaml", f"data={data_yaml}", "kd_T=3", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "kd_T'] set but no teacher: add teacher=" in out.stderr and "Traceback" not in out.stderr

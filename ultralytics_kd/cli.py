@@ -153,5 +153,27 @@ def entrypoint(args: list[str] | str | None = None) -> Any:
     return _ultralytics(args)
 
 
+# Errors that name a bad input and its fix: one line is the whole message. Anything else keeps its traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, SyntaxError, KeyError, TypeError)
+
+
+def main() -> int:
+    """Console-script entry: run ``yolo-kd`` and return the process exit status, as the stock ``yolo`` does.
+
+    ``entrypoint`` returns metrics or paths for in-process use; a console script handing that object to ``sys.exit``
+    would print it and exit 1 after a successful run, so this wrapper returns 0 instead. Bad input exits 1 with its
+    message on stderr (no Python objects, no traceback); ``SystemExit`` keeps its own status.
+
+    Returns:
+        (int): 0 on success, 1 on bad input.
+    """
+    try:
+        entrypoint()
+    except _USER_ERRORS as e:
+        print(f"yolo-kd: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    entrypoint()
+    sys.exit(main())

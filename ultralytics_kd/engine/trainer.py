@@ -112,6 +112,13 @@ def _preserved_rng():
             torch.cuda.set_rng_state_all(cuda)
 
 
+class _TeacherValidator(DetectionValidator):
+    """The stock validator without callbacks: integrations (W&B, MLflow, ...) log the student's run, not the teacher."""
+
+    def run_callbacks(self, event: str) -> None:
+        pass
+
+
 class KDTrainer(DetectionTrainer):
     """Detection trainer that distils a frozen teacher into the student.
 
@@ -390,15 +397,21 @@ class KDTrainer(DetectionTrainer):
         if self.args.kd_teacher_check and RANK in {-1, 0}:
             with _preserved_rng():
                 self.kd_teacher_metrics = self._check_teacher()
-        if self.amp and self.device.type == "cuda":
-            self.teacher.half()  # inference only: halves its memory and time under AMP
+        if self.amp:  # inference only: AMP's own dtype halves the teacher's memory and time
+            self.teacher.to(torch.bfloat16 if self.args.amp == "bf16" else torch.float16)
 
     def _check_teacher(self) -> dict:
-        """Validate the teacher on the val split; a teacher that detects nothing can only hurt the student."""
+        """Validate the teacher on the val split; a teacher that detects nothing can only hurt the student.
+
+        Every batch needs the teacher as loaded, while AutoBackend fuses what it validates and, for an end-to-end model,
+        picks a branch by ``args.nms``; the stock standalone validator works on a copy (``get_model``), which
+        tests/engine/test_teacher_check.py holds it to.
+        """
         with _stock_args(self.args):
             args = copy(self.args)
         args.plots = args.save_json = False
-        metrics = DetectionValidator(self.test_loader, save_dir=self.save_dir, args=args)(model=self.teacher.model)
+        validator = _TeacherValidator(self.test_loader, save_dir=self.save_dir, args=args)
+        metrics = validator(model=self.teacher.model)
         m95, m50 = metrics.get("metrics/mAP50-95(B)", 0.0), metrics.get("metrics/mAP50(B)", 0.0)
         LOGGER.info(f"{PREFIX} teacher on '{self.args.split}': mAP50-95 {m95:.3f}, mAP50 {m50:.3f}")
         if m50 < 0.05:
