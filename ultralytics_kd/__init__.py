@@ -1,15 +1,18 @@
 """ultralytics-kd: knowledge distillation, re-parameterisable blocks and fused export for Ultralytics YOLO.
 
 Importing the package registers its blocks with Ultralytics' model parser and installs the fusion and safe-load hooks,
-so plain Ultralytics code (``YOLO("student.yaml")``, ``model.fuse()``, ``model.export()``) understands them.
+so plain Ultralytics code (``YOLO("student.yaml")``, ``model.fuse()``, ``model.export()``) understands them, and the
+resume guard, so that no stock path resumes a distillation checkpoint without its teacher.
 """
 
+from ultralytics_kd.engine.resume import install_resume_guard
 from ultralytics_kd.nn import install, register_block
 
 __version__ = "0.1.0"
 __all__ = ["KDDetectionLoss", "KDTrainer", "__version__", "install", "register_block"]
 
 install()
+install_resume_guard()
 
 
 def __getattr__(name: str):

@@ -84,14 +84,15 @@ def _ultralytics(args: list[str]) -> None:
         ucfg.ARGV = saved
 
 
-def _is_kd_resume(pairs: dict[str, Any]) -> bool:
-    """Whether ``resume`` points at a checkpoint written by KDTrainer (it carries a ``"kd"`` key)."""
-    ckpt = pairs.get("resume") if isinstance(pairs.get("resume"), (str, Path)) else pairs.get("model")
-    if not pairs.get("resume") or not ckpt or not str(ckpt).endswith(".pt") or not Path(ckpt).is_file():
-        return False
-    from ultralytics.nn.tasks import torch_safe_load
+def _kd_resume_path(pairs: dict[str, Any]) -> Path | None:
+    """The checkpoint a ``resume`` points at (``resume=``, ``model=`` or the latest run), if KDTrainer wrote it."""
+    from ultralytics_kd.engine.resume import kd_checkpoint_state, resume_path
 
-    return bool(torch_safe_load(ckpt)[0].get("kd"))
+    if not pairs.get("resume"):
+        return None
+    given = pairs["resume"] if isinstance(pairs["resume"], (str, Path)) else pairs.get("model")
+    path = resume_path(given or True)
+    return path if kd_checkpoint_state(path) is not None else None
 
 
 def _train(args: list[str]) -> Any:
@@ -112,7 +113,10 @@ def _train(args: list[str]) -> Any:
         elif w not in {"train", task}:
             raise SyntaxError(f"'{w}' is not a valid yolo-kd train argument; use key=value, e.g. epochs=10")
     kd_given = sorted(k for k in pairs if k in KD_DEFAULTS and pairs[k] != KD_DEFAULTS[k])
-    if not pairs.get("teacher") and not _is_kd_resume(pairs):
+    resumed = _kd_resume_path(pairs)
+    if resumed is not None:  # 'yolo-kd train resume' alone continues the latest run, as 'yolo train resume' does
+        pairs.setdefault("model", str(resumed))
+    elif not pairs.get("teacher"):
         if kd_given:
             raise ValueError(f"{kd_given} set but no teacher: add teacher=path/to/teacher.pt, or drop the kd_* keys")
         return _ultralytics(args)

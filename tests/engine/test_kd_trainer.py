@@ -237,6 +237,36 @@ def test_resume_continues_with_same_teacher_and_settings(student, data_yaml, tea
         assert trainer.model.criterion.updates == 2
 
 
+def test_every_resume_path_continues_or_refuses(data_yaml, teacher_pt, tiny, tmp_path, untrained):
+    """Stock resume refuses with the command that continues; a moved teacher is given again, a different one is
+    refused with both hashes and nothing overwritten; ``yolo-kd train resume`` alone continues the latest run."""
+    import shutil
+
+    from ultralytics_kd import cli
+    from ultralytics_kd.distill.teacher import file_sha256
+
+    first = shutil.copy(teacher_pt, tmp_path / "first.pt")
+    last = _train_until_first_save(
+        YOLO("yolov8n.yaml"), "r", tmp_path, teacher=first, data=str(data_yaml), epochs=2, kd_recipe="cls_bce+cwd",
+        kd_teacher_check=False, **tiny,
+    )  # fmt: skip
+    saved = last.read_bytes()
+    with pytest.raises(RuntimeError, match=rf"(?s)distillation checkpoint.*yolo-kd train resume model={last}"):
+        YOLO(last).train(resume=True)  # the stock trainer, with the plugin imported
+    moved = Path(shutil.move(first, tmp_path / "moved.pt"))
+    with pytest.raises(FileNotFoundError, match="teacher file .*first.pt' not found.*teacher=new/path"):
+        YOLO(last).train(resume=True, trainer=KDTrainer)
+    other = untrained("yolov8s.yaml", tmp_path / "other.pt")
+    hashes = rf"sha256 {file_sha256(other)[:16]}.*sha256 {file_sha256(moved)[:16]}"
+    with pytest.raises(ValueError, match=rf"other.pt' \({hashes}"):
+        YOLO(last).train(resume=True, trainer=KDTrainer, teacher=str(other))
+    assert last.read_bytes() == saved
+    cli.entrypoint(["train", "resume", f"teacher={moved}"])  # the latest run under the working folder: this one
+    rows = _csv(last.parents[1] / "results.csv")
+    assert len(rows) == 2 and float(rows[-1]["train/kdcwd_loss"]) > 0
+    assert torch.load(last, map_location="cpu", weights_only=False)["kd"]["teacher"] == str(moved)
+
+
 def test_ddp_args_round_trip(data_yaml, teacher_pt, tiny, tmp_path):
     """DDP workers rebuild the trainer from vars(trainer.args) over DEFAULT_CFG_DICT; the KD settings must survive."""
     first = KDTrainer(

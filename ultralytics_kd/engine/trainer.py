@@ -51,10 +51,12 @@ from ultralytics_kd.distill.schedule import kd_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_kd_args, kd_args
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, file_sha256, load_teacher
 from ultralytics_kd.distill.transplant import transplant_head, transplant_problem
+from ultralytics_kd.engine.resume import kd_checkpoint_state
 
 __all__ = ["KDTrainer"]
 
 PREFIX = colorstr("KD:")
+TEACHER_KEYS = ("teacher", "kd_teacher_weights")
 
 
 @contextmanager
@@ -138,12 +140,18 @@ class KDTrainer(DetectionTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
         """Validate the distillation settings, set up the stock trainer, then load and check the teacher."""
-        base = {**KD_DEFAULTS, **cfg2dict(cfg)}
-        _check_before_setup({**base, **(overrides or {})})
+        base, overrides = {**KD_DEFAULTS, **cfg2dict(cfg)}, dict(overrides or {})
+        _check_before_setup({**base, **overrides})
+        # the stock resume restores every setting from the checkpoint; a moved teacher file may be given again
+        moved = {k: overrides.pop(k) for k in TEACHER_KEYS if overrides.get("resume") and overrides.get(k)}
         super().__init__(base, overrides, _callbacks)
         check_kd_args(vars(self.args))  # a resumed run takes its settings from the checkpoint's train_args
         a = self.args
+        if self.resume:
+            self._check_resumed_teacher(moved)
         teacher = load_teacher(a.teacher, a.kd_teacher_weights, nc=self.data["nc"], ch=self.data["channels"])
+        if not self.resume:
+            self.kd_teacher_sha256 = _teacher_sha256(a)
         check_pair(teacher, data=self.data)
         self._kd_init_mode = get_recipe(a.kd_recipe).init if a.kd_init is None else a.kd_init
         # weight selection reads the unfused tensors (BN apart from its conv); FrozenTeacher fuses them away
@@ -152,7 +160,6 @@ class KDTrainer(DetectionTrainer):
         )
         self._kd_teacher_head = deepcopy(teacher.model[-1]).float() if self._kd_init_mode in {"auto", "mimic"} else None
         self.teacher = FrozenTeacher(teacher).to(self.device)
-        self.kd_teacher_sha256 = file_sha256(a.kd_teacher_weights or a.teacher)
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
         self.kd_teacher_metrics = None
         self._kd_resume, self._kd_batch = None, 0
@@ -160,6 +167,27 @@ class KDTrainer(DetectionTrainer):
         self.kd_mimic, self.kd_mimic_epochs, self._kd_transplanted = False, 0, False
         self._kd_student_rec = self._kd_teacher_rec = None
         self.add_callback("on_train_end", _write_report)
+
+    def _check_resumed_teacher(self, moved: dict[str, str]) -> None:
+        """Resume with the teacher the run started with: the checkpoint's file, or ``moved`` ones of the same hash."""
+        ckpt = self.args.resume
+        state = kd_checkpoint_state(ckpt)
+        if state is None:
+            raise ValueError(
+                f"'{ckpt}' was not written by KDTrainer, so there is no distillation to resume. Resume it as it was "
+                f"trained (yolo train resume model={ckpt}), or distil from it in a new run (yolo-kd train model={ckpt} "
+                f"teacher=path/to/teacher.pt)"
+            )
+        vars(self.args).update(moved)
+        self.kd_teacher_sha256 = _teacher_sha256(self.args)
+        stored = state.get("teacher_sha256")
+        if stored and stored != self.kd_teacher_sha256:
+            raise ValueError(
+                f"teacher '{self.args.kd_teacher_weights or self.args.teacher}' (sha256 {self.kd_teacher_sha256[:16]}) "
+                f"is not the teacher '{state.get('teacher_weights') or state.get('teacher')}' this run started with "
+                f"(sha256 {stored[:16]}); resuming with it would change the distillation half-way. Pass the original "
+                f"file with teacher=..., or start a new run"
+            )
 
     # setup ------------------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
@@ -544,16 +572,22 @@ class KDTrainer(DetectionTrainer):
         return saved
 
     def _restore_kd_state(self, state: dict[str, Any]) -> None:
-        """Load resumed adapter weights; warn if the teacher file changed since the checkpoint."""
-        if state.get("teacher_sha256") != self.kd_teacher_sha256:
-            LOGGER.warning(
-                f"{PREFIX} ⚠️ teacher '{self.args.teacher}' changed since this run started (sha256 "
-                f"{str(state.get('teacher_sha256'))[:12]} -> {self.kd_teacher_sha256[:12]}); resuming with the new file"
-            )
+        """Load resumed adapter weights and teacher statistics (the teacher's hash was checked in ``__init__``)."""
         if state.get("connectors"):
             self.kd_connectors.load_state_dict(state["connectors"])
         if state.get("mimic_stats"):
             next(t for t in self.kd_terms if t.stage == "mimic").load_stats(state["mimic_stats"], self.device)
+
+
+def _teacher_sha256(args) -> str:
+    """Hash of the teacher's weights file (``kd_teacher_weights`` for a YAML teacher), or a readable error."""
+    path = args.kd_teacher_weights or args.teacher
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"teacher file '{path}' not found. On resume, a teacher that moved can be given again: "
+            f"yolo-kd train resume model=path/to/last.pt teacher=new/path/teacher.pt (its hash is checked)"
+        )
+    return file_sha256(path)
 
 
 def _mimic_epochs(value: float, epochs: int) -> int:
