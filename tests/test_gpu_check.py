@@ -1,0 +1,65 @@
+"""benchmarks/gpu_check.py: the CPU dry run writes a passing line per check, the verdict catches what a GPU run may
+show, and without CUDA the script exits 0 and says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+@pytest.mark.slow
+def test_dry_run_cpu(tmp_path):
+    out = tmp_path / "gpu_check.jsonl"
+    assert gpu_check.main(["--dry-run-cpu", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    kd, timing, *onnx = rows
+    assert kd["check"] == "kd_train" and kd["status"] == "PASS" and kd["precision"] == "fp32"
+    assert kd["teacher_dtype"] == "float32" and kd["teacher_device"] == kd["device"] == "cpu" and kd["amp"] is False
+    assert kd["kd_losses"] and all(0 < v < 100 for v in kd["kd_losses"].values())
+    assert not set(kd["kd_losses"]) & {"box_loss", "cls_loss", "dfl_loss"}
+    assert timing["check"] == "timing" and timing["floor"] > 1
+    assert timing["kd_plain"] == pytest.approx(timing["kd_epoch_s"] / timing["plain_epoch_s"])
+    assert sorted(r["model"] for r in onnx) == sorted(
+        p.name for p in (ROOT / "ultralytics_kd/cfg/models").glob("*.yaml")
+    )
+    for r in onnx:
+        assert r["status"] == "PASS" and r["providers_used"] == ["CPUExecutionProvider"]
+        assert r["max_abs"] <= 1e-4 and r["cosine"] > 0.99999 and r["box_px"] > 0  # exported, not the same graph
+
+
+def test_kd_verdict_names_each_problem():
+    plain = {"losses": {"box_loss": 1.0, "cls_loss": 1.0, "dfl_loss": 1.0}}
+    run = {"amp": True, "device": "cuda:0", "teacher_device": "cuda:0", "teacher_dtype": "bfloat16"}
+    ok = gpu_check.kd_verdict("bf16", {**run, "losses": {**plain["losses"], "kd_loss": 0.3}}, plain)
+    assert ok["problems"] == [] and ok["kd_losses"] == {"kd_loss": 0.3}
+    bad = {**run, "teacher_dtype": "float16", "teacher_device": "cpu", "losses": {"kd_loss": float("nan"), "b": 0.0}}
+    problems = gpu_check.kd_verdict("bf16", bad, plain)["problems"]
+    assert problems == [
+        "teacher dtype float16, expected bfloat16",
+        "teacher on cpu, trainer on cuda:0",
+        "kd_loss=nan",
+        "b=0.0",
+    ]
+    assert gpu_check.kd_verdict("fp16", {**run, "amp": False, "losses": plain["losses"]}, plain)["problems"] == [
+        "teacher dtype bfloat16, expected float16",
+        "trainer.amp is False under amp=True",
+        "no KD loss",
+    ]
+
+
+def test_without_cuda_exits_zero(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "gpu_check.jsonl"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "no CUDA device: nothing to check" in r.stdout and not out.exists()
