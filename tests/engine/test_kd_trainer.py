@@ -705,3 +705,11 @@ def test_resume_inside_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path):
     assert all(torch.equal(v, saved["connectors"][k]) for k, v in seen["adapters"].items())
     rows = _csv(trainer.csv)
     assert [float(r["train/kdmim_loss"]) > 0 for r in rows] == [True, True, False]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 1, reason="GPUs 0 and 1 exist here")
+def test_missing_gpus_give_the_stock_error(data_yaml, teacher_pt, tiny, tmp_path):
+    """device= naming GPUs that are not there fails in the stock device check, before the teacher is loaded."""
+    args = {**tiny, "device": "0,1"}
+    with pytest.raises(ValueError, match=r"Invalid CUDA 'device=0,1' requested"):
+        KDTrainer(overrides=dict(model="yolov8n.yaml", teacher=str(teacher_pt), data=str(data_yaml), **args))
