@@ -53,6 +53,13 @@ def build_parser(doc: str = __doc__) -> argparse.ArgumentParser:
         action="store_true",
         help="scratch and native runs also start from a uniform selection of the teacher's weights (as kd_init=select)",
     )
+    p.add_argument(
+        "--continue-from",
+        default=None,
+        metavar="RUN:EPOCHS",
+        help="start every run from the best.pt of an earlier run in --out (same student, seed and imgsz), e.g.\n"
+        "scratch:40 continues the 40-epoch scratch student for --epochs more (a student with weights of its own)",
+    )
     p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE", help="extra kd_* settings for our runs")
     p.add_argument("--project", default=str(ROOT / "runs" / "kd_gain"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_gain.jsonl"))
@@ -117,7 +124,7 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict:
     def epoch_end(trainer):  # the batch loop only: validation and saving cost the same in every run
         train_time["total"] += time.perf_counter() - train_time["start"]
 
-    model = YOLO(args.student)
+    model = YOLO(start_weights(args) or args.student)
     model.add_callback("on_train_epoch_start", epoch_start)
     model.add_callback("on_train_epoch_end", epoch_end)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -151,6 +158,27 @@ def train_and_test(name: str, args: argparse.Namespace) -> dict:
         row[f"{split}_map_per_class"] = {m.names[i]: float(v) for i, v in enumerate(m.box.maps)}
     row.update(epoch_time_s=train_time["total"] / args.epochs, wall_s=wall, save_dir=str(model.trainer.save_dir))
     return row
+
+
+def start_weights(args: argparse.Namespace) -> str | None:
+    """The best.pt of the ``--continue-from`` run (latest row of that run, student, seed and imgsz in ``--out``)."""
+    if not args.continue_from:
+        return None
+    run, _, epochs = args.continue_from.rpartition(":")
+    path = Path(args.out)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    match = [
+        r for r in rows
+        if (r["run"], r.get("epochs"), r.get("student"), r.get("seed"), r.get("imgsz"), r.get("start"))
+        == (run, int(epochs), args.student, args.seed, args.imgsz, None)
+    ]  # fmt: skip
+    best = Path(match[-1]["save_dir"]) / "weights" / "best.pt" if match else None
+    if best is None or not best.is_file():
+        raise FileNotFoundError(
+            f"--continue-from {args.continue_from}: no {best or 'run'} for {args.student} at seed {args.seed}, imgsz "
+            f"{args.imgsz} in {path}; train it first: --runs {run} --epochs {epochs} --seed {args.seed}"
+        )
+    return str(best)
 
 
 def measure_floor(args: argparse.Namespace, repeats: int = 10) -> dict:
@@ -207,7 +235,8 @@ def print_table(path: Path) -> None:
         return
     latest = {}
     for r in rows:
-        setting = (r.get("student"), r.get("epochs"), r.get("imgsz"), r.get("fraction", 1.0))
+        student = r.get("student") + (f", continued from its {r['start']}" if r.get("start") else "")
+        setting = (student, r.get("epochs"), r.get("imgsz"), r.get("fraction", 1.0))
         latest[(*setting, r["run"], r.get("seed"))] = r
     groups = defaultdict(list)
     for key, r in latest.items():
@@ -219,13 +248,16 @@ def print_table(path: Path) -> None:
         classes = list(groups[keys[0]][0].get("test_map_per_class") or {})
         print(f"\n### {student}, {epochs} epochs, imgsz {imgsz}" + (f", fraction {fraction}" if fraction != 1 else ""))
         head = ["run", "seeds", "val mAP50-95", "val mAP50", "test mAP50-95", "test mAP50"]
-        head += [f"test {c}" for c in classes] + ["epoch time vs scratch"]
+        head += [f"test {c}" for c in classes] + ["test mAP50-95 by seed", "vs scratch, paired [95% CI]"]
+        head += ["epoch time vs scratch"]
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
         scratch = groups.get((*setting, "scratch"), [])
         for key in keys:
             rs = groups[key]
             cells = [f"{mean(rs, k):.3f}" for k in ("val_map", "val_map50", "test_map", "test_map50")]
             cells += [f"{statistics.fmean(r['test_map_per_class'][c] for r in rs):.3f}" for c in classes]
+            cells.append(", ".join(f"{r['test_map']:.3f} (s{r['seed']})" for r in sorted(rs, key=lambda r: r["seed"])))
+            cells.append(paired_difference(rs, scratch) if key[4] != "scratch" else "")
             ratios = [r["epoch_time_s"] / b for r in rs if (b := _scratch_epoch_time(r, scratch))]
             cells.append(f"{statistics.fmean(ratios):.2f}x" if ratios else "n/a")
             print(f"| {key[4]} | {len(rs)} | " + " | ".join(cells) + " |")
@@ -237,6 +269,22 @@ def print_table(path: Path) -> None:
                 f"{f['student_step_s'] * 1e3:.0f} ms at batch {f.get('batch')}, {f.get('threads')} threads): "
                 f"{f['floor']:.2f}x"
             )
+
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired_difference(rows: list[dict], baseline: list[dict], key: str = "test_map") -> str:
+    """Mean of the per-seed differences to the baseline at the same seed, in mAP points, with a 95 % t interval."""
+    base = {r["seed"]: r[key] for r in baseline}
+    d = [100 * (r[key] - base[r["seed"]]) for r in rows if r["seed"] in base]
+    if not d:
+        return "n/a"
+    if len(d) == 1:
+        return f"{d[0]:+.1f} (1 seed)"
+    t = _T975.get(len(d) - 1, 1.96)  # Student's t, 97.5 % quantile; normal beyond 10 degrees of freedom
+    m, half = statistics.fmean(d), t * statistics.stdev(d) / len(d) ** 0.5
+    return f"{m:+.1f} [{m - half:+.1f}, {m + half:+.1f}], n={len(d)}"
 
 
 def _scratch_epoch_time(row: dict, scratch: list[dict]) -> float | None:
@@ -276,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
             run_kwargs(name, args)
     out.parent.mkdir(parents=True, exist_ok=True)
     common = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "seed", "fraction", "student", "device")}
+    if args.continue_from:
+        common["start"] = args.continue_from
+        start_weights(args)  # fail before the first training if the earlier run is missing
     for name in runs:
         row = measure_floor(args) if name == "floor" else train_and_test(name, args)
         if args.kd and name not in {"scratch", "floor"} and not name.startswith("native"):

@@ -196,6 +196,8 @@ class KDTrainer(DetectionTrainer):
         mode = self._kd_init_mode
         if weights is not None and mode == "select" and not self.resume:
             LOGGER.warning(f"{PREFIX} kd_init=select skipped: the student already has weights, which are kept")
+        elif weights is not None and mode != "none" and not self.resume:
+            LOGGER.info(f"{PREFIX} kd_init={mode}: the student has weights of its own, which are kept")
         if weights is None and not self.resume and mode != "none":
             why = inherit_problem(model, self._kd_init_state) if mode != "mimic" else None
             if why and mode == "select":
