@@ -11,6 +11,7 @@ from ultralytics_kd.distill.losses import (
     ChannelWiseDistill,
     ClassBCE,
     ClassKL,
+    CrossHeadKD,
     FeatureMSE,
     LocalizationDistill,
     ScoreWeightedL2,
@@ -27,7 +28,23 @@ def _inputs(term, seed=0):
         return torch.randn(2, 64, 10, generator=g), torch.randn(2, 64, 10, generator=g), {}
     s = [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
     t = [torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 2, 2, generator=g)]
-    return s, t, {"level_weight": [torch.rand(2, 1, 9, generator=g), torch.rand(2, 1, 4, generator=g)]}
+    ctx = {"level_weight": [torch.rand(2, 1, 9, generator=g), torch.rand(2, 1, 4, generator=g)]}
+    if term.name == "crosskd":  # it runs the teacher's head: a tiny frozen one, and its predictions on t
+        head = _frozen_head()
+        ctx.update(teacher_head=head, teacher_preds=head.forward_head(t, **head.one2many))
+    return s, t, ctx
+
+
+def _frozen_head(nc: int = 3, ch: tuple = (4, 4)):
+    """A frozen Detect head of random weights (so predictions differ with the input), as a teacher's would be."""
+    from ultralytics.nn.modules import Detect
+
+    torch.manual_seed(0)
+    head = Detect(nc=nc, ch=ch)
+    head.stride = torch.tensor([8.0, 16.0])
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return head.eval().requires_grad_(False)
 
 
 @pytest.mark.parametrize("name", sorted(TERMS))
@@ -143,6 +160,28 @@ def test_feat_mse_and_sl2_known_values():
     assert float(ScoreWeightedL2()([s], [t], level_weight=[w])) == pytest.approx(1.0)
     w = torch.tensor([[[0.0, 1.0]]])
     assert float(ScoreWeightedL2()([s], [t], level_weight=[w])) == pytest.approx(9.0)
+
+
+def test_crosskd_is_class_and_box_kd_on_the_teacher_head():
+    """The student's features through the teacher's head: binary class KL on every anchor, LD weighted by confidence;
+    the gradient reaches the student's features and never the teacher's head."""
+    term = CrossHeadKD(weight=2.0, tau=2.0)
+    s, t, ctx = _inputs(term, seed=1)
+    s = [x.requires_grad_() for x in s]
+    head, own = ctx["teacher_head"], ctx["teacher_preds"]
+    w = torch.rand(2, 13)
+    cross = head.forward_head(s, **head.one2many)
+    expected = 2.0 * (
+        ClassBCE(1.0, 2.0)(cross["scores"], own["scores"])
+        + LocalizationDistill(1.0, 2.0)(cross["boxes"], own["boxes"], anchor_weight=w)
+    )
+    loss = term(s, t, anchor_weight=w, **ctx)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6) and float(loss) > 0
+    loss.backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s)
+    assert all(p.grad is None for p in head.parameters())
+    with pytest.raises(ValueError, match="crosskd needs the teacher's Detect head"):
+        term(s, t)
 
 
 def test_cwd_known_value():

@@ -19,8 +19,17 @@ from ultralytics_kd import KDTrainer
 from ultralytics_kd.distill.settings import kd_args
 
 SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
-ALL_TERMS = "cls_bce+cls_kl+ld+box+feat_mse+cwd+sl2"
-KD_COLUMNS = ["kdcls_loss", "kdkl_loss", "kdld_loss", "kdbox_loss", "kdmse_loss", "kdcwd_loss", "kdsl2_loss"]
+ALL_TERMS = "cls_bce+cls_kl+ld+box+feat_mse+cwd+sl2+crosskd"
+KD_COLUMNS = [
+    "kdcls_loss",
+    "kdkl_loss",
+    "kdld_loss",
+    "kdbox_loss",
+    "kdmse_loss",
+    "kdcwd_loss",
+    "kdsl2_loss",
+    "kdxkd_loss",
+]
 
 
 class SpyTrainer(KDTrainer):
@@ -107,7 +116,7 @@ def test_teacher_is_frozen_and_bit_identical(kd_run):
 def test_gradients_reach_student_and_adapters(kd_run):
     _, trainer, _ = kd_run
     assert all(s["student"] > 0 for s in trainer.steps)
-    assert set(trainer.steps[0]["adapters"]) == {"feat_mse", "cwd", "sl2"}
+    assert set(trainer.steps[0]["adapters"]) == {"feat_mse", "cwd", "sl2", "crosskd"}
     assert all(all(s["adapters"].values()) for s in trainer.steps)
     adapter_group = [g for g in trainer.optimizer.param_groups if g.get("param_group") == "kd_adapter"]
     assert len(adapter_group) == 1 and len(adapter_group[0]["params"]) == len(list(trainer.kd_connectors.parameters()))

@@ -140,6 +140,8 @@ class _KDTerms:
                 "anchor_weight": conf if self.conf_weight else None,
                 "teacher_conf": conf,
                 "level_weight": [w.unsqueeze(1) for w in conf.split(sizes, dim=1)],
+                "teacher_head": teacher.get("head"),  # for terms that run the teacher's head (crosskd)
+                "teacher_preds": teacher,
             }
             values = []
             for term in self.terms:

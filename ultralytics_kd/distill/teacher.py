@@ -147,7 +147,7 @@ class FrozenTeacher(nn.Module):
         >>> t = FrozenTeacher(DetectionModel("yolov8n.yaml", verbose=False))
         >>> out = t(torch.zeros(1, 3, 64, 64))
         >>> sorted(out)
-        ['boxes', 'feats', 'scores']
+        ['boxes', 'feats', 'head', 'scores']
     """
 
     def __init__(self, model: nn.Module):
@@ -170,7 +170,8 @@ class FrozenTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, img: torch.Tensor) -> dict[str, Any]:
-        """Run the teacher and return ``{"boxes", "scores", "feats"}`` of its one-to-many branch."""
+        """Run the teacher and return ``{"boxes", "scores", "feats"}`` of its one-to-many branch, plus its ``"head"``
+        (the Detect module, for terms that run it on student features)."""
         out = self.model(img.to(next(self.model.parameters()).dtype))
         preds = out[1] if isinstance(out, tuple) else out
-        return preds.get("one2many", preds)
+        return {**preds.get("one2many", preds), "head": self.model.model[-1]}

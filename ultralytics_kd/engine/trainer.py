@@ -328,6 +328,11 @@ class KDTrainer(DetectionTrainer):
             raise ValueError(
                 "sl2 weights locations by the head's scores, so it needs the Detect inputs: unset kd_feat_layers"
             )
+        if (a.kd_feat_layers or a.kd_teacher_feat_layers) and any(t.name == "crosskd" for t in terms):
+            raise ValueError(
+                "crosskd runs the teacher's Detect head on student features, so it needs the Detect inputs on both "
+                "sides: unset kd_feat_layers and kd_teacher_feat_layers"
+            )
         ch_s, ch_t = [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats]
         self.kd_connectors = nn.ModuleDict(
             {t.name: build_connectors(ch_s, ch_t) for t in terms if t.source == "feats"}

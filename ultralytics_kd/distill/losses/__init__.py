@@ -4,6 +4,7 @@ from ultralytics_kd.distill.losses.base import TERMS, KDTerm, anchor_mean, regis
 from ultralytics_kd.distill.losses.box import BoxImitation
 from ultralytics_kd.distill.losses.cls_bce import ClassBCE
 from ultralytics_kd.distill.losses.cls_kl import ClassKL
+from ultralytics_kd.distill.losses.crosskd import CrossHeadKD
 from ultralytics_kd.distill.losses.cwd import ChannelWiseDistill
 from ultralytics_kd.distill.losses.feat_mse import FeatureMSE
 from ultralytics_kd.distill.losses.ld import LocalizationDistill
@@ -16,6 +17,7 @@ __all__ = [
     "ChannelWiseDistill",
     "ClassBCE",
     "ClassKL",
+    "CrossHeadKD",
     "FeatureMSE",
     "FeatureMimic",
     "KDTerm",
