@@ -13,8 +13,9 @@ AMP and DDP are Ultralytics' own:
 - ``build_optimizer``: adds the adapters as one more parameter group.
 - ``_setup_scheduler``, ``_get_warmup_iterations``: with a mimic stage, the stage and the rest of the run each get the
   stock schedule and warm-up of their own length (``_warm_up_stage``, called per batch).
-- ``_setup_train``: installs ``KDDetectionLoss`` (``KDE2ELoss`` for end-to-end students) on the student, after the
-  EMA copy (so neither the EMA nor its checkpoints carry it), then validates the teacher once.
+- ``_setup_train``: moves the teacher to the device (under DDP, the rank's), installs ``KDDetectionLoss``
+  (``KDE2ELoss`` for end-to-end students) on the student, after the EMA copy (so neither the EMA nor its checkpoints
+  carry it), then validates the teacher once. Under DDP every rank starts from rank 0's adapters.
 - ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``;
   at the first batch after the mimic stage, transplants the teacher's head onto the student.
 - ``save_model``: adds a ``"kd"`` key (teacher path and hash, settings, adapter weights) to the checkpoints.
@@ -130,7 +131,7 @@ class KDTrainer(DetectionTrainer):
         _callbacks (dict, optional): Callbacks.
 
     Attributes:
-        teacher (FrozenTeacher): The frozen teacher on the training device.
+        teacher (FrozenTeacher): The frozen teacher; on the CPU until ``_setup_train`` moves it to the training device.
         kd_terms (list[KDTerm]): Active distillation terms.
         kd_connectors (nn.ModuleDict): Trainable adapters per feature term.
         kd_teacher_metrics (dict | None): The teacher's validation metrics from the pre-training check.
@@ -159,14 +160,17 @@ class KDTrainer(DetectionTrainer):
             None if self._kd_init_mode == "none" else {k: v.detach().clone() for k, v in teacher.state_dict().items()}
         )
         self._kd_teacher_head = deepcopy(teacher.model[-1]).float() if self._kd_init_mode in {"auto", "mimic"} else None
-        self.teacher = FrozenTeacher(teacher).to(self.device)
+        # on CPU until _setup_train: a DDP worker's device (cuda:LOCAL_RANK) is only set by _setup_ddp, and the
+        # launching process never trains, so a copy on self.device here would sit on cuda:0 in every process
+        self.teacher = FrozenTeacher(teacher)
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
         self.kd_teacher_metrics = None
         self._kd_resume, self._kd_batch = None, 0
         self.kd_inherited = False  # the student started from the teacher's selected weights
         self.kd_mimic, self.kd_mimic_epochs, self._kd_transplanted = False, 0, False
         self._kd_student_rec = self._kd_teacher_rec = None
-        self.add_callback("on_train_end", _write_report)
+        if _write_report not in self.callbacks["on_train_end"]:  # DDP workers get the launcher's callbacks with it
+            self.add_callback("on_train_end", _write_report)
 
     def _check_resumed_teacher(self, moved: dict[str, str]) -> None:
         """Resume with the teacher the run started with: the checkpoint's file, or ``moved`` ones of the same hash."""
@@ -407,7 +411,11 @@ class KDTrainer(DetectionTrainer):
 
     def _setup_train(self):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
+        self.teacher.to(self.device)  # the device is final here (after _setup_ddp); the adapter pass needs it
         super()._setup_train()
+        if self.world_size > 1:  # each rank seeds differently (seed + RANK): start every rank from rank 0's adapters
+            for v in self.kd_connectors.state_dict().values():
+                dist.broadcast(v, 0)
         self._kd_init_state = None  # the student is built by now; the unfused teacher copy is no longer needed
         if not self.kd_mimic or self._kd_transplanted:
             self._kd_teacher_head = None
@@ -429,7 +437,7 @@ class KDTrainer(DetectionTrainer):
                 resumed.o2m,
                 resumed.o2o,
             )
-        if self.args.kd_teacher_check and RANK in {-1, 0}:
+        if self.args.kd_teacher_check:  # on every rank: under DDP the stock validator shards and gathers across ranks
             with _preserved_rng():
                 self.kd_teacher_metrics = self._check_teacher()
         if self.amp:  # inference only: AMP's own dtype halves the teacher's memory and time
@@ -447,6 +455,8 @@ class KDTrainer(DetectionTrainer):
         args.plots = args.save_json = False
         validator = _TeacherValidator(self.test_loader, save_dir=self.save_dir, args=args)
         metrics = validator(model=self.teacher.model)
+        if RANK > 0:  # other DDP ranks only contribute their shard; rank 0 holds the merged metrics
+            return {}
         m95, m50 = metrics.get("metrics/mAP50-95(B)", 0.0), metrics.get("metrics/mAP50(B)", 0.0)
         LOGGER.info(f"{PREFIX} teacher on '{self.args.split}': mAP50-95 {m95:.3f}, mAP50 {m50:.3f}")
         if m50 < 0.05:

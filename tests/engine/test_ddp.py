@@ -1,0 +1,136 @@
+"""KDTrainer under Ultralytics DDP, for real: two gloo processes on CPU, launched by the stock ``train()``.
+
+Everything but device selection is stock: ``BaseTrainer.train`` writes the DDP file (``generate_ddp_file`` pickles the
+trainer class, ``vars(args)``, the model and the callbacks), ``torch.distributed.run`` starts two workers that rebuild
+the trainer from them, and each trains with the stock DDP wrap, sharded dataloaders, distributed validation and rank-0
+checkpoints. Ultralytics' DDP asks for CUDA, so ``CpuDDPTrainer`` swaps in the CPU and gloo where it picks a device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pickle
+import re
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import distributed as dist
+from ultralytics import YOLO
+from ultralytics.utils import DEFAULT_CFG_DICT, LOCAL_RANK, RANK, callbacks
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ultralytics_kd import KDTrainer
+from ultralytics_kd.engine.trainer import _write_report
+
+
+class _CpuDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP for CPU modules, which take no ``device_ids`` (the stock wrap passes ``[device.index]``, ``[None]`` here)."""
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__(module, **kwargs)
+
+
+class CpuDDPTrainer(KDTrainer):
+    """KDTrainer with DDP on two CPU processes; records what each rank saw for the test to compare."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.world_size = 2  # what device='0,1' gives; device='cpu' gives 0
+        self.ddp = LOCAL_RANK == -1  # the stock rule: launch workers unless this is one
+        self.kd_steps = []
+
+    def _setup_ddp(self):
+        """Stock: cuda:LOCAL_RANK and NCCL. Here: keep the CPU, use gloo, and point the CUDA-only picks at the CPU."""
+        from ultralytics.engine import validator
+
+        dist.init_process_group("gloo", rank=RANK, world_size=self.world_size)
+        torch.nn.parallel.DistributedDataParallel = _CpuDDP
+        backend = validator.AutoBackend  # a DDP rank validates a model file on torch.device('cuda', current_device())
+        validator.get_torch_device_backend = lambda _: SimpleNamespace(current_device=lambda: 0)
+        validator.AutoBackend = lambda *args, device=None, **kwargs: backend(*args, device=self.device, **kwargs)
+
+    def optimizer_step(self):
+        self.kd_steps.append({k: float(v) for k, v in self.loss_items.items() if k.startswith("kd")})
+        super().optimizer_step()
+
+    def _do_train(self):
+        super()._do_train()
+        torch.save(
+            {
+                "kd_steps": self.kd_steps,
+                "student": {k: v.detach().cpu() for k, v in unwrap_model(self.model).named_parameters()},
+                "adapters": {k: v.detach().cpu() for k, v in self.kd_connectors.named_parameters()},
+                "report_callbacks": self.callbacks["on_train_end"].count(_write_report),
+                "teacher_device": str(next(self.teacher.parameters()).device),
+                "device": str(self.device),
+            },
+            self.save_dir / f"rank{RANK}.pt",
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
+def test_two_rank_ddp_distils_in_sync_and_resumes(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")  # the stock launch would pip-install cloudpickle
+        if importlib.util.find_spec("cloudpickle") is None:  # it pickles by value what needs it; nothing here does
+            m.setitem(sys.modules, "cloudpickle", pickle)
+        # a launcher with device='0,1' adds no integration callbacks (its ddp flag is set by then); on the CPU it would
+        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
+        YOLO("yolov8n.yaml").train(
+            trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_recipe="ld+cwd", kd_init="none",
+            epochs=2, val=False, save_period=1, project=str(tmp_path), name="ddp", **tiny,
+        )  # fmt: skip
+    run = tmp_path / "ddp"
+    ranks = [torch.load(run / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+    # each rank distilled its own shard: finite, non-zero KD terms that differ between ranks
+    for r in ranks:
+        assert len(r["kd_steps"]) == 4 and set(r["kd_steps"][0]) == {"kdld_loss", "kdcwd_loss"}
+        assert all(math.isfinite(v) and v > 0 for step in r["kd_steps"] for v in step.values())
+        assert r["report_callbacks"] == 1  # the launcher's pickled callbacks already held it
+        assert r["teacher_device"] == r["device"]
+    assert ranks[0]["kd_steps"][0] != ranks[1]["kd_steps"][0]
+
+    # one model: student and adapter weights are identical across ranks (adapters start from rank 0's, grads averaged)
+    for part in ("student", "adapters"):
+        a, b = ranks[0][part], ranks[1][part]
+        assert a.keys() == b.keys() and len(a) > 0
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+    # rank 0 checkpoints carry the KD state; the epoch-1 checkpoint resumes in one process
+    last = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    assert all(torch.equal(last["kd"]["connectors"][k], v) for k, v in ranks[0]["adapters"].items())
+    assert last["kd"]["teacher_metrics"]  # the teacher check ran on every rank and rank 0 kept the merged metrics
+    assert (run / "kd_report.md").exists()
+    epoch0 = run / "weights" / "epoch0.pt"
+    saved = torch.load(epoch0, map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 0 and saved["optimizer"] is not None
+    seen = {}
+
+    def capture(trainer):
+        seen["adapters"] = {k: v.clone() for k, v in trainer.kd_connectors.state_dict().items()}
+
+    resumed = YOLO(epoch0)
+    resumed.add_callback("on_pretrain_routine_end", capture)
+    resumed.train(trainer=KDTrainer, resume=True)
+    trainer = resumed.trainer
+    assert trainer.start_epoch == 1 and trainer.world_size == 0 and trainer.args.kd_recipe == "ld+cwd"
+    assert all(torch.equal(seen["adapters"][k], v) for k, v in saved["kd"]["connectors"].items())
+    assert all(math.isfinite(float(trainer.tloss[k])) and trainer.tloss[k] > 0 for k in ("kdld_loss", "kdcwd_loss"))
+
+
+def test_worker_with_missing_teacher_names_it(data_yaml, teacher_pt, tiny, tmp_path):
+    """A DDP worker rebuilds the trainer from the launcher's args; a teacher gone since launch fails with its path."""
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(teacher_pt, teacher)
+    launcher = KDTrainer(
+        overrides=dict(model="yolov8n.yaml", data=str(data_yaml), teacher=str(teacher), project=str(tmp_path), **tiny)
+    )
+    teacher.unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"teacher='{teacher}' not found")):
+        KDTrainer(cfg={**DEFAULT_CFG_DICT, "save_dir": ""}, overrides=pickle.loads(pickle.dumps(vars(launcher.args))))
