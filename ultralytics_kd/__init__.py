@@ -7,9 +7,10 @@ resume guard, so that no stock path resumes a distillation checkpoint without it
 
 from ultralytics_kd.engine.resume import install_resume_guard
 from ultralytics_kd.nn import install, register_block
+from ultralytics_kd.zoo import list_models, model_yaml
 
 __version__ = "0.1.0"
-__all__ = ["KDDetectionLoss", "KDTrainer", "__version__", "install", "register_block"]
+__all__ = ["KDDetectionLoss", "KDTrainer", "__version__", "install", "list_models", "model_yaml", "register_block"]
 
 install()
 install_resume_guard()

@@ -8,6 +8,7 @@
 
 Examples:
     $ yolo-kd train model=yolov9t.yaml data=data.yaml teacher=teacher.pt epochs=100 kd_recipe=default
+    $ yolo-kd train model=yolov9-tiny-shufflev2.yaml data=data.yaml teacher=teacher.pt  # a packaged student YAML
     $ yolo-kd export model=runs/detect/train/weights/best.pt format=onnx
 """
 
@@ -131,6 +132,17 @@ def _train(args: list[str]) -> Any:
     return YOLO(pairs.pop("model"), task=task).train(trainer=KDTrainer, **pairs)
 
 
+def _packaged_model(arg: str) -> str:
+    """``model=<name>.yaml`` naming a student YAML shipped in the package (and no file here) becomes its path."""
+    from ultralytics_kd.zoo import list_models, model_yaml
+
+    key, _, value = arg.partition("=")
+    if key.removeprefix("--") == "model" and value.endswith(".yaml") and not Path(value).exists():
+        if Path(value).stem in list_models() and Path(value).name == value:
+            return f"{key}={model_yaml(value)}"
+    return arg
+
+
 def entrypoint(args: list[str] | str | None = None) -> Any:
     """Run ``yolo-kd`` on ``args`` (default: ``sys.argv[1:]``).
 
@@ -144,6 +156,7 @@ def entrypoint(args: list[str] | str | None = None) -> Any:
     import ultralytics_kd  # noqa: F401  (registers the plugin's blocks before any model is parsed)
 
     args = args.split() if isinstance(args, str) else list(sys.argv[1:] if args is None else args)
+    args = [_packaged_model(a) for a in args]
     mode = next((a for a in args if "=" not in a), None)
     if mode in PLUGIN_MODES:
         return _run_plugin_mode(mode, [a for a in args if a != mode])
