@@ -108,22 +108,11 @@ RECIPES: dict[str, Recipe] = {
     "seed": Recipe(
         (TermSpec("cls_kl", 0.6), TermSpec("feat_mse", 0.4)), alpha=0.65, tau=4.0, conf_weight=False, convex=True
     ),
-    # Chosen by benchmarks/kd_gain.py on BCCD (YOLOv9-s teacher, 40 epochs, 320 px; see BENCHMARKS.md).
-    # A student of the teacher's layout starts from the teacher's selected weights (init=auto) and then trains with the
-    # term of 'init_sl2'. A student of another family whose head has the teacher's head layout runs the mimic stage and
-    # takes the teacher's head, then trains on the stock loss ('init': no terms). ShuffleV2 student (session 9): test
-    # mAP50-95 0.448, 0.420, 0.435, 0.432, 0.440, 0.435 at seeds 0-5 against scratch 0.413, 0.412, 0.419, 0.423, 0.423,
-    # 0.425. Any other student keeps its random init and trains with LD + PKD-normalised CWD, weight 1 each, without
-    # teacher-assigned labels (LAD).
-    # Random init, yolov9t student: LD + CWD gave test mAP50-95 0.476 and 0.479 at seeds 0-1 (scratch 0.475, 0.452);
-    # with LAD 0.481 and 0.482. ShuffleV2 student (cfg/models/yolov9-tiny-shufflev2.yaml): LD + CWD 0.420, 0.384, 0.407
-    # at seeds 0-2 against scratch 0.413, 0.412, 0.419; with LAD 0.388 at seed 0. So LAD is dropped: it hurt the
-    # student that differs from its teacher, and it cannot serve an end-to-end (YOLO26) student at all. Weight 0.25
-    # (0.415, 0.387, 0.402) and a 20-epoch warm-up (0.378 at seed 1) did no better on the ShuffleV2 student.
-    # Class-score terms fell below scratch at 40 epochs: matching the teacher's scores seems to move the student's
-    # IoU-aware score calibration. With the init, LAD + LD + CWD added nothing (0.561, 0.556, 0.567; the init alone
-    # 0.567, 0.565, 0.562), while the score-weighted feature L2 at 0.25 added a little, as native's own loss did from
-    # the same start (0.576, 0.570, 0.570).
+    # What each kind of student gets, and why (figures and commands: docs/BENCHMARKS.md). A student of the teacher's
+    # layout starts from the teacher's selected weights (init=auto) and trains with the term of 'init_sl2'. A student of
+    # another family whose head has the teacher's head layout runs the mimic stage, takes the teacher's head and then
+    # trains on the stock loss ('init': no terms). Any other student keeps its start and trains with LD + PKD-normalised
+    # CWD. LAD is left out: it hurt the student that differs from its teacher and cannot serve end-to-end students.
     "default": Recipe(
         (TermSpec("ld", 1.0), TermSpec("cwd", 1.0)),
         alpha=1.0,
@@ -134,9 +123,8 @@ RECIPES: dict[str, Recipe] = {
         inherited="init_sl2",
         mimicked="init",
     ),
-    # What the default trains with once the student inherited: weight selection + score-weighted feature L2 at 0.25
-    # (native distillation's loss under our adapters and guard); kd_gain's 'sl2@0.25 [kd_init=select]': test 0.568,
-    # 0.575, 0.570 at seeds 0-2 (mean 0.571, against 0.561 for LAD + LD + CWD from the same start).
+    # What the default trains with once the student inherited: weight selection + the score-weighted feature L2 of
+    # native distillation at 0.25, under our adapters and guard.
     "init_sl2": Recipe((TermSpec("sl2", 0.25),), init="select"),
     # Label assignment distillation alone: no loss term, the teacher's predictions pick the student's positives.
     "lad": Recipe((), lad=True),
