@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from ultralytics.utils import LOGGER
 
 MAP, MAP50 = "metrics/mAP50-95(B)", "metrics/mAP50(B)"
@@ -103,20 +102,11 @@ def plot_tradeoff(rows: list[ModelRow], out: Path) -> Path:
 
 def onnx_latency_ms(onnx_file: str | Path, imgsz: int, runs: int = 30, warmup: int = 5) -> float:
     """Median batch-1 latency of an ONNX model in ONNX Runtime on the CPU (pre/post-processing excluded)."""
-    import numpy as np
-    import onnxruntime as ort
+    from ultralytics_kd.deploy import OnnxRunner
+    from ultralytics_kd.deploy.measure import time_call
 
-    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    for _ in range(warmup):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    return time_call(OnnxRunner(onnx_file).forward, x, warmup, runs).median
 
 
 def measure_model(
