@@ -21,9 +21,7 @@ import argparse
 import contextlib
 import json
 import shutil
-import statistics
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -36,10 +34,10 @@ from ultralytics.utils.torch_utils import get_flops
 
 import ultralytics_kd  # noqa: F401  (registers the blocks and the fusion hook)
 from ultralytics_kd.deploy import EngineRunner, OnnxRunner
+from ultralytics_kd.deploy.measure import Latency, parity, parity_ok, parity_rule, time_call
 
 ROOT = Path(__file__).resolve().parents[1]
 KD_GAIN = ROOT / "benchmarks" / "results" / "kd_gain.jsonl"
-PARITY = {"onnxruntime-cpu": 1e-4, "trt-fp32": 1e-3}  # max abs difference allowed against PyTorch; FP16/INT8 use cosine
 
 
 def resolve(spec: str) -> Path:
@@ -63,39 +61,9 @@ def resolve(spec: str) -> Path:
     return path
 
 
-def timed(fn, x, warmup: int, reps: int, sync=None) -> tuple[float, float]:
-    """Median and p90 of ``fn(x)`` in ms after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn(x)
-    ts = []
-    for _ in range(reps):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn(x)
-        if sync:
-            sync()
-        ts.append((time.perf_counter() - t) * 1e3)
-    ts.sort()
-    return statistics.median(ts), ts[min(len(ts) - 1, int(0.9 * len(ts)))]
-
-
-def parity(out: torch.Tensor, ref: torch.Tensor, imgsz: int) -> dict:
-    """How far an export's raw head output (B, 4 + nc, anchors) is from PyTorch's.
-
-    Boxes come in pixels, so float32 rounding alone reaches ~1e-3 on 320-px coordinates; ``max_abs`` therefore takes
-    boxes divided by ``imgsz`` (image-relative units) and class scores as they are, and ``box_px`` reports the
-    largest box difference in pixels. ``cosine`` is over the whole raw output.
-    """
-    out, ref = out.float().cpu(), ref.float().cpu()
-    box = (out[:, :4] - ref[:, :4]).abs().max().item()
-    score = (out[:, 4:] - ref[:, 4:]).abs().max().item()
-    return {
-        "max_abs": max(box / imgsz, score),
-        "box_px": box,
-        "score_max_abs": score,
-        "cosine": torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0).item(),
-    }
+def _latency_cols(batch: int, latency: Latency) -> dict[str, float]:
+    """The row's median and p90 columns for one batch size."""
+    return {f"b{batch}_ms": latency.median, f"b{batch}_p90_ms": latency.p90}
 
 
 def val_map(model: str | Path, data: str, imgsz: int, device, project: str) -> tuple[float, float]:
@@ -118,8 +86,8 @@ def prepost_ms(runner: OnnxRunner, images: list[np.ndarray], reps: int) -> tuple
     im = runner.preprocess(images)
     y = runner(im)
     paths = ["x.jpg"] * len(images)
-    pre = timed(runner.preprocess, images, 1, reps)[0]
-    post = timed(lambda ims: runner.postprocess(y, im, ims, paths, 0.25, 0.7, 300), images, 1, reps)[0]
+    pre = time_call(runner.preprocess, images, 1, reps).median
+    post = time_call(lambda ims: runner.postprocess(y, im, ims, paths, 0.25, 0.7, 300), images, 1, reps).median
     return pre / len(images), post / len(images)
 
 
@@ -150,7 +118,7 @@ def bench_model(name: str, path: Path, args, out_dir: Path) -> list[dict]:
         ref = {b: model(x)[0] for b, x in cpu_x.items()}
         row = {**base, "runtime": "pytorch-cpu"}
         for b, x in cpu_x.items():
-            row[f"b{b}_ms"], row[f"b{b}_p90_ms"] = timed(lambda t: model(t), x, args.warmup, args.reps)
+            row.update(_latency_cols(b, time_call(model, x, args.warmup, args.reps)))
     row["map"], row["map50"] = val_map(local, args.data, args.imgsz, "cpu", str(out_dir / "val"))
     rows.append(row)
 
@@ -164,7 +132,7 @@ def bench_model(name: str, path: Path, args, out_dir: Path) -> list[dict]:
             row = {**base, "runtime": "onnxruntime-cpu", **parity(runner(cpu_x[b])[0], ref[b], args.imgsz)}
             row["map"], row["map50"] = val_map(f, args.data, args.imgsz, "cpu", str(out_dir / "val"))
             row["pre_ms_per_img"], row["post_ms_per_img"] = prepost_ms(runner, images[:b], args.reps)
-        row[f"b{b}_ms"], row[f"b{b}_p90_ms"] = timed(runner.forward, cpu_x[b], args.warmup, args.reps)
+        row.update(_latency_cols(b, time_call(runner.forward, cpu_x[b], args.warmup, args.reps)))
     rows.append(row)
 
     if torch.cuda.is_available():
@@ -181,7 +149,7 @@ def bench_gpu(base: dict, yolo: YOLO, model, cpu_x: dict, args, out_dir: Path) -
         ref = {b: gpu(x)[0] for b, x in gpu_x.items()}
         row = {**base, "runtime": "pytorch-cuda", "device": torch.cuda.get_device_name(0)}
         for b, x in gpu_x.items():
-            row[f"b{b}_ms"], row[f"b{b}_p90_ms"] = timed(lambda t: gpu(t), x, args.warmup, args.reps, sync)
+            row.update(_latency_cols(b, time_call(gpu, x, args.warmup, args.reps, sync)))
     row["map"], row["map50"] = val_map(base["local"], args.data, args.imgsz, 0, str(out_dir / "val"))
     rows.append(row)
     try:
@@ -202,9 +170,8 @@ def bench_gpu(base: dict, yolo: YOLO, model, cpu_x: dict, args, out_dir: Path) -
             if b == min(args.batches):
                 row.update(parity(runner(gpu_x[b])[0], ref[b], args.imgsz))
                 row["map"], row["map50"] = val_map(f, args.data, args.imgsz, 0, str(out_dir / "val"))
-            row[f"b{b}_ms"], row[f"b{b}_p90_ms"] = timed(
-                runner.forward, gpu_x[b].to(runner.dtype), args.warmup, args.reps, sync
-            )
+            latency = time_call(runner.forward, gpu_x[b].to(runner.dtype), args.warmup, args.reps, sync)
+            row.update(_latency_cols(b, latency))
         rows.append(row)
     return rows
 
@@ -231,12 +198,7 @@ def table(rows: list[dict], batches: list[int]) -> str:
             )
         ok = ""
         if "max_abs" in r:
-            tol = PARITY.get(r["runtime"])
-            ok = (
-                f"atol {tol}: {'ok' if r['max_abs'] <= tol else 'FAIL'}"
-                if tol
-                else (f"cos>=0.999: {'ok' if r['cosine'] >= 0.999 else 'FAIL'}")
-            )
+            ok = f"{parity_rule(r['runtime'])}: {'ok' if parity_ok(r, r['runtime']) else 'FAIL'}"
         lines.append("| " + " | ".join(cells) + f" | {ok} |")
     return "\n".join(lines)
 

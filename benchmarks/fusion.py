@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 import ultralytics_kd  # noqa: F401  (registers the blocks and the fusion hook)
+from ultralytics_kd.deploy.measure import time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 TWIN = {"RepGELAN": "RepNCSPELAN4", "RepVGG": "Conv"}  # plugin block -> stock block of the same fused shape
@@ -53,28 +52,6 @@ def variants(path: Path, nc: int) -> dict[str, nn.Module]:
     return out
 
 
-def time_paired(fns: dict, x, warmup: int, runs: int) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
-    """Median latency (ms) of each callable, and the median of per-iteration ratios between them.
-
-    Each iteration calls every variant once, in rotating order, so load from the rest of the machine hits all of them
-    alike; the ratio of two variants is taken within an iteration, then the median over iterations.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn(x)
-    times = {k: [] for k in names}
-    for i in range(runs):
-        for k in names[i % len(names) :] + names[: i % len(names)]:
-            t = time.perf_counter()
-            fns[k](x)
-            times[k].append((time.perf_counter() - t) * 1e3)
-    ratios = {
-        (a, b): statistics.median(ta / tb for ta, tb in zip(times[a], times[b])) for a in names for b in names if a != b
-    }
-    return {k: statistics.median(v) for k, v in times.items()}, ratios
-
-
 def ort_session(model: nn.Module, imgsz: int, threads: int):
     """Export with torch.onnx (no fusion of its own: the unfused variant stays unfused) and open an ORT session."""
     import onnxruntime as ort
@@ -98,15 +75,15 @@ def main(args: argparse.Namespace) -> None:
         for imgsz in args.imgsz:
             x = torch.rand(1, 3, imgsz, imgsz)
             with torch.no_grad():
-                pt = time_paired({k: _Head(m) for k, m in models.items()}, x, args.warmup, args.runs)
+                pt = time_calls({k: _Head(m) for k, m in models.items()}, x, args.warmup, args.runs)
             sessions = {k: ort_session(m, imgsz, args.threads) for k, m in models.items()}
-            ox = time_paired(sessions, x.numpy(), args.warmup, args.runs)
-            for runtime, (ms, ratio) in (("PyTorch", pt), ("ONNX Runtime", ox)):
-                twin = f"{ms['twin']:.2f}" if "twin" in ms else "-"
-                vs_twin = f"{ratio['fused', 'twin']:.3f}" if "twin" in ms else "-"
+            ox = time_calls(sessions, x.numpy(), args.warmup, args.runs)
+            for runtime, t in (("PyTorch", pt), ("ONNX Runtime", ox)):
+                twin = f"{t['twin'].median:.2f}" if "twin" in t else "-"
+                vs_twin = f"{t['fused'].ratio(t['twin']):.3f}" if "twin" in t else "-"
                 rows.append(
-                    f"| {path.stem} | {imgsz} | {runtime} | {ms['unfused']:.2f} | {ms['fused']:.2f} | {twin} | "
-                    f"{ratio['unfused', 'fused']:.2f}x | {vs_twin} |"
+                    f"| {path.stem} | {imgsz} | {runtime} | {t['unfused'].median:.2f} | {t['fused'].median:.2f} | "
+                    f"{twin} | {t['unfused'].ratio(t['fused']):.2f}x | {vs_twin} |"
                 )
         print(f"{path.stem}: params unfused {params['unfused']:,}, fused {params['fused']:,}", flush=True)
     print(f"\nbatch 1, {args.threads} thread(s), {args.runs} paired runs after {args.warmup} warm-up, nc={args.nc}\n")

@@ -8,7 +8,7 @@
    (1 + teacher forward / student step, measured in fp32 at the same batch and image size).
 3. ``onnx``: each plugin YAML in ``ultralytics_kd/cfg/models`` through the stock ``model.export(format="onnx")``, run
    on ONNX Runtime (its CUDA provider where installed) against the fused PyTorch model on the device, TF32 off on both
-   sides; differences as deploy.py's ``parity`` measures them.
+   sides; differences as ``ultralytics_kd.deploy.measure.parity`` measures them.
 
 Nothing is downloaded: Ultralytics' AMP self-test, which fetches yolo26n.pt, is patched to pass (AMP itself is what
 this checks). One JSON line per check is appended to ``--out``; the exit code is 1 if a check fails or errors.
@@ -163,10 +163,10 @@ def onnx_row(cfg: Path, args: argparse.Namespace, work: Path) -> dict:
     """Export one plugin YAML to ONNX; ONNX Runtime against the fused PyTorch model on the device."""
     import onnxruntime as ort
     import torch
-    from deploy import PARITY, parity
     from ultralytics import YOLO
 
     from ultralytics_kd.deploy import OnnxRunner
+    from ultralytics_kd.deploy.measure import PARITY_ATOL, parity, parity_ok
 
     yolo = YOLO(str(cfg))
     _trained_looking(yolo.model)
@@ -182,8 +182,9 @@ def onnx_row(cfg: Path, args: argparse.Namespace, work: Path) -> dict:
     with torch.no_grad(), _strict_fp32():
         diff = parity(runner(x)[0], model(x.to(device))[0], args.imgsz)
     used = runner.session.get_providers()
-    tol = PARITY["onnxruntime-cpu" if device.type == "cpu" else "trt-fp32"]
-    problems = [] if diff["max_abs"] <= tol else [f"max_abs {diff['max_abs']:.2e} > {tol:g}"]
+    runtime = f"onnxruntime-{device.type}"  # judged against PyTorch on that device, wherever ORT itself ran
+    tol = PARITY_ATOL[runtime]
+    problems = [] if parity_ok(diff, runtime) else [f"max_abs {diff['max_abs']:.2e} > {tol:g}"]
     return {"check": "onnx", "model": cfg.name, "ort": ort.__version__, "providers_used": used, **diff, "tol": tol,
             "providers_available": available, "problems": problems}  # fmt: skip
 

@@ -188,6 +188,7 @@ def measure_floor(args: argparse.Namespace, repeats: int = 10) -> dict:
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.torch_utils import select_device
 
+    from ultralytics_kd.deploy.measure import time_call
     from ultralytics_kd.distill.teacher import FrozenTeacher, load_teacher
 
     device = select_device(args.device, verbose=False)
@@ -211,17 +212,8 @@ def measure_floor(args: argparse.Namespace, repeats: int = 10) -> dict:
         opt.step()
 
     def timed(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
+        sync = torch.cuda.synchronize if device.type == "cuda" else None
+        return time_call(lambda _: fn(), None, warmup=1, reps=repeats, sync=sync).median / 1e3  # seconds
 
     t_teacher, t_step = timed(lambda: teacher(img)), timed(step)
     return {"run": "floor", "teacher_fwd_s": t_teacher, "student_step_s": t_step, "floor": 1 + t_teacher / t_step}

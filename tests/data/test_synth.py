@@ -203,18 +203,32 @@ def test_difficulty_changes_the_task():
     assert stats["hard"][1] < 0.5 * stats["easy"][1]
 
 
-def test_cli_coerces_and_summarises(tmp_path, capsys):
+def _parsed(*words: str) -> dict:
+    """``key=value`` words typed as ``yolo-kd`` types them before it calls ``synth.cli``."""
+    from ultralytics_kd.cli import _parse
+
+    return _parse(list(words))[1]
+
+
+def test_cli_checks_parsed_values_and_summarises(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = {"out": str(out), "n": "8", "imgsz": "64", "seed": "2", "difficulty": "0.3", "exist_ok": "false"}
+    args = _parsed(f"out={out}", "n=8", "imgsz=64", "seed=2", "difficulty=0.3", "exist_ok=false")
+    assert args["n"] == 8 and args["difficulty"] == 0.3 and args["exist_ok"] is False  # typed once, by the CLI
     yaml_path = synth.cli(args)
     assert yaml_path == out.resolve() / "data.yaml"
     printed = capsys.readouterr().out
     assert str(out.resolve()) in printed and "train 5, val 2, test 1" in printed and "disc" in printed
-    assert synth.cli({**args, "exist_ok": "true"}) == yaml_path  # same parameters: reused
+    assert synth.cli({**args, "exist_ok": True}) == yaml_path  # same parameters: reused
+    assert synth.cli({**args, **_parsed("n=8e0", "classes=none", "exist_ok=True")}) == yaml_path  # 8.0 is 8
     with pytest.raises(ValueError, match="unknown synth argument"):
         synth.cli({"out": str(out), "size": 64})
-    with pytest.raises(ValueError, match="whole number"):
-        synth.cli({"out": str(tmp_path / "x"), "n": "ten"})
+    bad = [("n=ten", "n='ten' must be a whole number"), ("n=8.5", "whole number"), ("val_frac=1.5", "fraction"),
+           ("exist_ok=maybe", "exist_ok='maybe' must be true or false"), ("classes=disc,blob", "unknown"),
+           ("difficulty=extreme", "difficulty='extreme'")]  # fmt: skip
+    for word, message in bad:
+        with pytest.raises(ValueError, match=message):
+            synth.cli(_parsed(f"out={tmp_path / 'x'}", word))
+    assert not (tmp_path / "x").exists()  # every check runs before anything is written
 
 
 def test_generation_is_fast(tmp_path):

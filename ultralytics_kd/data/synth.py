@@ -166,11 +166,12 @@ def render_image(
 
 
 def cli(args: dict[str, Any]) -> Path:
-    """Entry point of ``yolo-kd synth key=value ...``: coerce the parsed values, generate, print a summary.
+    """Entry point of ``yolo-kd synth key=value ...``: check the parsed values, generate, print a summary.
 
     Args:
-        args: Parsed ``key=value`` pairs, as strings or already-converted values. Keys are the arguments of
-            ``make_synthetic_dataset``.
+        args: ``key=value`` pairs as ``yolo-kd`` parses them (Ultralytics' own typing: ``n=200`` is an int,
+            ``exist_ok=true`` a bool, ``classes=none`` None). Keys are the arguments of ``make_synthetic_dataset``;
+            its checks name any value out of range or of the wrong type.
 
     Returns:
         (Path): Path of the written (or reused) ``data.yaml``.
@@ -182,20 +183,16 @@ def cli(args: dict[str, Any]) -> Path:
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise ValueError(f"unknown synth argument(s) {unknown}; valid keys are {', '.join(known)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in args.items():
-        if key in ("n", "imgsz", "seed"):
-            kwargs[key] = _to_int(key, value)
-        elif key in ("val_frac", "test_frac"):
-            kwargs[key] = _to_float(key, value)
-        elif key == "exist_ok":
-            kwargs[key] = _to_bool(key, value)
-        elif key == "difficulty":
-            kwargs[key] = value if str(value).strip().lower() in DIFFICULTIES else _to_float(key, value)
-        elif key == "classes" and isinstance(value, str):
-            kwargs[key] = None if value.strip().lower() in ("", "none", "all") else value
-        else:
-            kwargs[key] = value
+    kwargs = dict(args)
+    for key in ("n", "imgsz", "seed"):  # n=1e3 arrives as 1000.0
+        if isinstance(kwargs.get(key), float) and kwargs[key].is_integer():
+            kwargs[key] = int(kwargs[key])
+    if "exist_ok" in kwargs and not isinstance(kwargs["exist_ok"], bool):
+        raise ValueError(f"exist_ok={kwargs['exist_ok']!r} must be true or false")
+    if kwargs.get("classes") == "all":
+        kwargs["classes"] = None
+    if "out" in kwargs and not isinstance(kwargs["out"], (str, Path)):
+        kwargs["out"] = str(kwargs["out"])  # a folder named out=2024 arrives as an int
     yaml_path = make_synthetic_dataset(**kwargs)
     counts = json.loads((yaml_path.parent / MARKER).read_text())["counts"]
     images = ", ".join(f"{split} {k}" for split, k in counts["images"].items())
@@ -244,6 +241,10 @@ def _check_classes(classes: Sequence[str] | str | None) -> list[str]:
     """Normalise ``classes`` to a list of known, unique class names."""
     if classes is None:
         return list(CLASSES)
+    if not isinstance(classes, (str, Sequence)):
+        raise ValueError(
+            f"classes={classes!r}: give class names, e.g. classes=disc,ring; choose from {', '.join(CLASSES)}"
+        )
     names = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
     unknown = [c for c in names if c not in CLASSES]
     if unknown or not names:
@@ -270,35 +271,6 @@ def _split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int]:
     n_val = max(1, round(n * val_frac)) if val_frac > 0 else 0
     n_test = max(1, round(n * test_frac)) if test_frac > 0 else 0
     return n_val, n_test
-
-
-def _to_int(key: str, value: Any) -> int:
-    """Coerce a CLI value such as ``"200"``, ``200.0`` or ``"1e3"`` to int, refusing fractional numbers."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r} is not a number; pass a whole number, e.g. {key}=200") from None
-    if not number.is_integer():
-        raise ValueError(f"{key}={value!r} must be a whole number")
-    return int(number)
-
-
-def _to_float(key: str, value: Any) -> float:
-    """Coerce a CLI value to float."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}={value!r} is not a number, e.g. {key}=0.2") from None
-
-
-def _to_bool(key: str, value: Any) -> bool:
-    """Coerce a CLI value such as ``"true"``, ``"False"`` or ``1`` to bool."""
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{key}={value!r} must be true or false")
 
 
 # ------------------------------------------------------------------------------------------------ output folder

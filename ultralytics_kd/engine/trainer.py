@@ -625,6 +625,6 @@ def _write_report(trainer: KDTrainer) -> None:
     from ultralytics_kd.report import write_report
 
     try:
-        write_report(trainer.save_dir)
+        write_report(trainer.save_dir, teacher_metrics=trainer.kd_teacher_metrics)  # kept as kd_teacher.json
     except Exception as e:
         LOGGER.warning(f"{PREFIX} could not write kd_report.md in {trainer.save_dir}: {type(e).__name__}: {e}")

@@ -1,0 +1,27 @@
+"""Distillation reports: a comparison table, per-term KD loss curves and student-vs-teacher mAP, as Markdown + PNG.
+
+``yolo-kd report run=runs/detect/train`` (and the end of every KD training) writes ``kd_report.md`` beside the run's
+``results.csv``. The demo adds a table row per model (params, GFLOPs, ONNX Runtime latency, mAP, file size).
+
+Three jobs, one module each: :mod:`.measure` runs validation, export and ONNX Runtime for a table row;
+:mod:`.plots` draws PNGs from numbers already read; :mod:`.markdown` reads what a run wrote and writes the report.
+Nothing here changes the caller's global state: the plots use their own Figure, never pyplot's backend.
+"""
+
+from ultralytics_kd.report.markdown import MAP, MAP50, cli, read_results, table_markdown, write_report
+from ultralytics_kd.report.measure import ModelRow, measure_model
+from ultralytics_kd.report.plots import plot_kd_losses, plot_map, plot_tradeoff
+
+__all__ = [
+    "MAP",
+    "MAP50",
+    "ModelRow",
+    "cli",
+    "measure_model",
+    "plot_kd_losses",
+    "plot_map",
+    "plot_tradeoff",
+    "read_results",
+    "table_markdown",
+    "write_report",
+]
