@@ -7,18 +7,20 @@ AMP and DDP are Ultralytics' own:
   adding them to the base config the stock key check compares against, so typos in any key are still rejected and the
   settings live in ``self.args`` (hence in ``vars(args)`` for DDP, ``args.yaml`` and the checkpoint's ``train_args``
   that ``resume`` restores). Loads and checks the teacher against the dataset.
-- ``get_model``: a student built without weights may start from a selection of the teacher's (``kd_init``), or plan
-  the mimic stage that ends by giving it the teacher's head.
+- ``get_model``: a student built without weights starts as ``distill.start.choose_start`` decides (``kd_init``): from a
+  selection of the teacher's weights, or with a ``MimicStage`` (``distill/stage.py``) that ends by giving it the
+  teacher's head. ``setup_model`` reads a resumed run's start from its checkpoint.
 - ``set_model_attributes``: checks teacher/student compatibility, builds the terms and the feature adapters.
 - ``build_optimizer``: adds the adapters as one more parameter group.
 - ``_setup_scheduler``, ``_get_warmup_iterations``: with a mimic stage, the stage and the rest of the run each get the
-  stock schedule and warm-up of their own length (``_warm_up_stage``, called per batch).
+  stock schedule and warm-up of their own length (``MimicStage.lr_factor``, ``MimicStage.warm_up``).
 - ``_setup_train``: moves the teacher to the device (under DDP, the rank's), installs ``KDDetectionLoss``
   (``KDE2ELoss`` for end-to-end students) on the student, after the EMA copy (so neither the EMA nor its checkpoints
   carry it), then validates the teacher once. Under DDP every rank starts from rank 0's adapters.
-- ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``;
-  at the first batch after the mimic stage, transplants the teacher's head onto the student.
-- ``save_model``: adds a ``"kd"`` key (teacher path and hash, settings, adapter weights) to the checkpoints.
+- ``on_train_epoch_start``, ``on_train_batch_start`` callbacks: count the batches the KD schedule reads; a mimic stage
+  warms up each part and hands over the teacher's head at the first batch after it.
+- ``preprocess_batch``: runs the teacher under ``no_grad`` and passes its outputs to the criterion in ``batch["kd"]``.
+- ``save_model``: adds a ``"kd"`` key (teacher path and hash, settings, adapter weights, the stage) to the checkpoints.
 
 Examples:
     >>> from ultralytics import YOLO
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import io
 from contextlib import contextmanager, nullcontext
-from copy import copy, deepcopy
+from copy import copy
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +42,17 @@ from torch import nn
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
-from ultralytics.utils.torch_utils import one_cycle, unwrap_model
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
-from ultralytics_kd.distill.inherit import inherit_problem, select_weights
-from ultralytics_kd.distill.losses.mimic import FeatureMimic
 from ultralytics_kd.distill.recipes import Recipe, get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import kd_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_kd_args, kd_args
+from ultralytics_kd.distill.stage import NO_STAGE_STATE, MimicStage, mimic_epochs
+from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, file_sha256, load_teacher
-from ultralytics_kd.distill.transplant import transplant_head, transplant_problem
 from ultralytics_kd.engine.resume import kd_checkpoint_state
 
 __all__ = ["KDTrainer"]
@@ -135,8 +136,9 @@ class KDTrainer(DetectionTrainer):
         kd_terms (list[KDTerm]): Active distillation terms.
         kd_connectors (nn.ModuleDict): Trainable adapters per feature term.
         kd_teacher_metrics (dict | None): The teacher's validation metrics from the pre-training check.
-        kd_mimic (bool): The student imitates the teacher's features for ``kd_mimic_epochs`` epochs, then takes its
-            head (``kd_init=mimic``, or ``auto`` for a student of another family).
+        kd_start (Start): How the student started (``kd_init``), and why not otherwise.
+        kd_stage (MimicStage | None): The mimic stage, for a student that imitates the teacher's features for
+            ``kd_mimic_epochs`` epochs, then takes its head (``kd_init=mimic``, or ``auto`` for another family).
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
@@ -155,22 +157,18 @@ class KDTrainer(DetectionTrainer):
             self.kd_teacher_sha256 = _teacher_sha256(a)
         check_pair(teacher, data=self.data)
         self._kd_init_mode = get_recipe(a.kd_recipe).init if a.kd_init is None else a.kd_init
-        # weight selection reads the unfused tensors (BN apart from its conv); FrozenTeacher fuses them away
-        self._kd_init_state = (
-            None if self._kd_init_mode == "none" else {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-        )
-        self._kd_teacher_head = deepcopy(teacher.model[-1]).float() if self._kd_init_mode in {"auto", "mimic"} else None
+        self._kd_teacher_parts = TeacherParts.of(teacher, self._kd_init_mode)  # before FrozenTeacher fuses them
         # on CPU until _setup_train: a DDP worker's device (cuda:LOCAL_RANK) is only set by _setup_ddp, and the
         # launching process never trains, so a copy on self.device here would sit on cuda:0 in every process
         self.teacher = FrozenTeacher(teacher)
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
         self.kd_teacher_metrics = None
         self._kd_resume, self._kd_batch = None, 0
-        self.kd_inherited = False  # the student started from the teacher's selected weights
-        self.kd_mimic, self.kd_mimic_epochs, self._kd_transplanted = False, 0, False
+        self.kd_start, self.kd_stage = Start(init=self._kd_init_mode), None
         self._kd_student_rec = self._kd_teacher_rec = None
-        if _write_report not in self.callbacks["on_train_end"]:  # DDP workers get the launcher's callbacks with it
-            self.add_callback("on_train_end", _write_report)
+        for event, callback in _CALLBACKS.items():
+            if callback not in self.callbacks[event]:  # DDP workers get the launcher's callbacks with it
+                self.add_callback(event, callback)
 
     def _check_resumed_teacher(self, moved: dict[str, str]) -> None:
         """Resume with the teacher the run started with: the checkpoint's file, or ``moved`` ones of the same hash."""
@@ -195,56 +193,30 @@ class KDTrainer(DetectionTrainer):
 
     # setup ------------------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
-        """Build the student as usual; one built without weights may start from the teacher's (``kd_init``)."""
+        """Build the student as usual; one built without weights may start from the teacher (``kd_init``)."""
         model = super().get_model(cfg, weights, verbose)
-        mode = self._kd_init_mode
-        if weights is not None and mode == "select" and not self.resume:
-            LOGGER.warning(f"{PREFIX} kd_init=select skipped: the student already has weights, which are kept")
-        elif weights is not None and mode != "none" and not self.resume:
-            LOGGER.info(f"{PREFIX} kd_init={mode}: the student has weights of its own, which are kept")
-        if weights is None and not self.resume and mode != "none":
-            why = inherit_problem(model, self._kd_init_state) if mode != "mimic" else None
-            if why and mode == "select":
-                raise ValueError(
-                    f"kd_init=select copies the teacher's weights into a student of the same layout, but {why}. "
-                    f"Set kd_init=none (or auto) for a student of another family"
-                )
-            if mode == "mimic" or why:
-                how = transplant_problem(model.model[-1], self._kd_teacher_head) or _mimic_problem(
-                    self.args.kd_mimic_epochs, self.epochs
-                )
-                if how and mode == "mimic":
-                    raise ValueError(
-                        f"kd_init=mimic imitates the teacher's features, then gives the student the teacher's Detect "
-                        f"head, but {how}. Set kd_init=none (or auto)"
-                    )
-                if not how:
-                    self.kd_mimic = True
-                    LOGGER.info(
-                        f"{PREFIX} kd_init={mode}: the student imitates the teacher's Detect inputs for the first "
-                        f"kd_mimic_epochs, then takes the teacher's head" + (f" ({why})" if why else "")
-                    )
-                    return model
-                why = f"{why}; no head transplant either: {how}"
-            if why:
-                LOGGER.warning(
-                    f"{PREFIX} kd_init=auto: student keeps its random init ({why}). Loss terms alone can leave such a "
-                    f"student below one trained without a teacher (docs/BENCHMARKS.md): compare with a scratch run"
-                )
-            else:
-                n = select_weights(model, self._kd_init_state)
-                self.kd_inherited = True
-                LOGGER.info(f"{PREFIX} student starts from a uniform selection of the teacher's weights ({n} tensors)")
+        if not self.resume:  # a resumed student loads its own weights; setup_model reads its start from the checkpoint
+            self.kd_start = choose_start(
+                self._kd_init_mode,
+                model,
+                self._kd_teacher_parts,
+                has_weights=weights is not None,
+                kd_mimic_epochs=self.args.kd_mimic_epochs,
+                epochs=self.epochs,
+            )
+            self.kd_stage = self.kd_start.take(model, self._kd_teacher_parts)
         return model
 
     def setup_model(self):
         """Load the student as usual; on resume also keep the checkpoint's distillation state."""
         ckpt = super().setup_model()
         self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
-        if self._kd_resume:  # the student loads its own weights now; whether it first inherited is in the checkpoint
-            self.kd_inherited = bool(self._kd_resume.get("inherited", False))
-            self.kd_mimic = bool(self._kd_resume.get("mimic", False))
-            self._kd_transplanted = bool(self._kd_resume.get("transplanted", False))
+        if self._kd_resume:  # the student loads its own weights now; how it started is in the checkpoint
+            self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode)
+            if self.kd_start.mode == "mimic":
+                n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
+                self.kd_stage = MimicStage(n, self._kd_teacher_parts.head)
+                self.kd_stage.load_state_dict(self._kd_resume, self.device)
         return ckpt
 
     def set_model_attributes(self):
@@ -274,14 +246,13 @@ class KDTrainer(DetectionTrainer):
                 "kd_lad=True assigns a one-to-many student's targets from the teacher; this student has an end-to-end "
                 "(one-to-one) head, whose assignment it does not cover. Set kd_lad=False or use a one-to-many student"
             )
-        if self.kd_mimic:
-            self.kd_mimic_epochs = _mimic_epochs(a.kd_mimic_epochs, self.epochs)
-            terms = [FeatureMimic(), *terms]
+        if self.kd_stage:  # the imitation term is the whole loss of the stage's epochs
+            terms = [self.kd_stage.term, *terms]
         self.kd_terms = terms
         if any(t.source == "feats" for t in terms):
             self._build_feature_side(student, terms)
-        if self._kd_resume:
-            self._restore_kd_state(self._kd_resume)
+        if self._kd_resume and self._kd_resume.get("connectors"):
+            self.kd_connectors.load_state_dict(self._kd_resume["connectors"])
         LOGGER.info(
             f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, terms ["
             + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
@@ -361,53 +332,25 @@ class KDTrainer(DetectionTrainer):
         return optimizer
 
     def _setup_scheduler(self):
-        """The stock schedule; with a mimic stage, one stock schedule per stage (each decays over its own epochs).
+        """The stock schedule; with a mimic stage, one stock schedule per part of the run (``MimicStage.lr_factor``).
 
-        The mimic stage is a short run of its own: the student's features should settle before the head is transplanted,
-        and the detector then starts afresh from the transplanted head. With one shared schedule instead, the ShuffleV2
-        student only drew level with scratch on BCCD (docs/BENCHMARKS.md, Session 8). Each stage warms up on its own
-        (``_warm_up_stage``).
+        Overridden because the stock factor ``self.lf`` and its scheduler are only built here, no hook reaches them.
         """
         super()._setup_scheduler()
-        if not self.kd_mimic:
-            return
-        m = self.kd_mimic_epochs
-        first, second = self._stage_lf(m), self._stage_lf(self.epochs - m)
-        self.lf = lambda x: first(x) if x < m else second(x - m)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-
-    def _stage_lf(self, n: int):
-        """The stock learning-rate factor (cosine or linear, down to ``lrf``) for a run of ``n`` epochs."""
-        if self.args.cos_lr:
-            return one_cycle(1, self.args.lrf, n)
-        lrf = self.args.lrf
-        return lambda x: max(1 - x / n, 0) * (1.0 - lrf) + lrf
+        if self.kd_stage:
+            self.lf = self.kd_stage.lr_factor(self.epochs, self.args.lrf, self.args.cos_lr)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
 
     def _get_warmup_iterations(self, num_batches: int) -> int:
-        """The stock warm-up, except with a mimic stage, where each stage warms up on its own (``_warm_up_stage``)."""
+        """The stock warm-up, except with a mimic stage, where each part warms up on its own (``MimicStage.warm_up``).
+
+        Overridden because the stock loop reads its warm-up length only from here.
+        """
         return 0 if self.kd_mimic else super()._get_warmup_iterations(num_batches)
 
     def _warm_up_stage(self, i: int, mimic: bool) -> None:
-        """Warm up the current stage as a stock run of its length starts, over its share of ``warmup_epochs``.
-
-        Over the stage's first ``warmup_epochs * stage_epochs / epochs`` epochs, each learning rate moves linearly from
-        0 (bias: from ``warmup_bias_lr``) to its scheduled value, momentum from ``warmup_momentum`` and, after the
-        mimic stage, gradient accumulation from 1 to its nominal value.
-        """
-        a, nb, m = self.args, len(self.train_loader), self.kd_mimic_epochs
-        start, n = (0, m) if mimic else (m, self.epochs - m)
-        nw = round(min(a.warmup_epochs * n / self.epochs, n - 1) * nb)
-        k = i + nb * (self.epoch - start)
-        if k > nw or nw <= 0:
-            return
-        f = k / nw
-        if not mimic:
-            self.accumulate = max(1, round(1 + f * (max(round(a.nbs / self.batch_size), 1) - 1)))
-        for g in self.optimizer.param_groups:
-            lr0 = a.warmup_bias_lr if g.get("param_group") == "bias" else 0.0
-            g["lr"] = lr0 + f * (g["initial_lr"] * self.lf(self.epoch) - lr0)
-            if "momentum" in g:
-                g["momentum"] = a.warmup_momentum + f * (a.momentum - a.warmup_momentum)
+        """``MimicStage.warm_up`` of the stage (``mimic``) or the rest of the run, for batch ``i`` of this epoch."""
+        MimicStage(self.kd_mimic_epochs).warm_up(self, i, mimic)
 
     def _setup_train(self):
         """Stock setup, then install the KD criterion (after the EMA copy) and check the teacher once."""
@@ -416,9 +359,7 @@ class KDTrainer(DetectionTrainer):
         if self.world_size > 1:  # each rank seeds differently (seed + RANK): start every rank from rank 0's adapters
             for v in self.kd_connectors.state_dict().values():
                 dist.broadcast(v, 0)
-        self._kd_init_state = None  # the student is built by now; the unfused teacher copy is no longer needed
-        if not self.kd_mimic or self._kd_transplanted:
-            self._kd_teacher_head = None
+        self._kd_teacher_parts = None  # the student has started by now (a mimic stage holds the head it needs)
         model = unwrap_model(self.model)
         end2end = getattr(model.model[-1], "one2one_cv2", None) is not None
         resumed = getattr(model, "criterion", None)  # an end-to-end resume restores its o2m/o2o schedule here
@@ -468,25 +409,15 @@ class KDTrainer(DetectionTrainer):
         return metrics
 
     # training loop ----------------------------------------------------------------------------------------------------
-    def _model_train(self):
-        """Stock train mode, and restart the per-epoch batch counter used by the KD schedule."""
-        super()._model_train()
-        self._kd_batch = 0
-
     def preprocess_batch(self, batch: dict) -> dict:
         """Stock preprocessing, then the teacher's outputs for this batch under ``batch["kd"]``."""
         batch = super().preprocess_batch(batch)
         if not unwrap_model(self.model).training:  # e.g. QAT calibration passes: no loss, no teacher
             return batch
-        i, self._kd_batch = self._kd_batch, self._kd_batch + 1
-        a = self.args
-        mimic = self.kd_mimic and self.epoch < self.kd_mimic_epochs
-        if self.kd_mimic and not mimic and not self._kd_transplanted:
-            self._kd_transplant()
-        if self.kd_mimic:
-            self._warm_up_stage(i, mimic)
-        if mimic:  # features only; one optimizer step per batch, as few epochs have to move a random backbone far
-            scale, self.accumulate = 1.0, 1
+        a, i = self.args, self._kd_batch
+        mimic = self.kd_stage is not None and self.kd_stage.active(self.epoch)
+        if mimic:  # the imitation term is the whole loss, at full strength
+            scale = 1.0
         else:
             off_from = self.epochs - a.close_mosaic if a.kd_off_last and a.close_mosaic else None
             scale = kd_scale(
@@ -505,31 +436,8 @@ class KDTrainer(DetectionTrainer):
         return batch
 
     def _kd_transplant(self) -> None:
-        """End the mimic stage: give the student the teacher's head read through the mimic adapters.
-
-        The EMA and the optimizer state restart, as in a new run: moments gathered on the imitation loss would set the
-        step sizes of the detection loss for the rest of the run (Adam's second moments decay over about 1000 steps; a
-        BCCD run has about 100 after the stage). Under DDP, rank 0's head is broadcast: adapter BN statistics are per
-        rank.
-        """
-        model = unwrap_model(self.model)
-        term = next(t for t in self.kd_terms if t.stage == "mimic")
-        adapters = self.kd_connectors[term.name]
-        was_training = adapters.training
-        adapters.eval()
-        transplant_head(model.model[-1], self._kd_teacher_head.to(self.device), adapters, term.mean, term.std)
-        adapters.train(was_training)
-        head = model.model[-1]
-        if self.world_size > 1:
-            for v in head.state_dict().values():
-                dist.broadcast(v, 0)
-        if self.ema:  # the EMA starts afresh from the new student, as in a new run
-            self.ema.ema.load_state_dict(model.state_dict())
-            self.ema.updates = 0
-        self.optimizer.state.clear()
-        self.accumulate = max(round(self.args.nbs / self.batch_size), 1)
-        self._kd_transplanted, self._kd_teacher_head = True, None
-        LOGGER.info(f"{PREFIX} epoch {self.epoch + 1}: mimic stage over, the student takes the teacher's head")
+        """End the mimic stage (``MimicStage.transplant``); the stage calls it here so that subclasses can wrap it."""
+        self.kd_stage.transplant(self)
 
     def optimizer_step(self):
         """Average adapter gradients across DDP ranks (they live outside the DDP-wrapped student), clip them, step."""
@@ -563,9 +471,7 @@ class KDTrainer(DetectionTrainer):
             "teacher_sha256": self.kd_teacher_sha256,
             "settings": kd_args(self.args),
             "inherited": self.kd_inherited,
-            "mimic": self.kd_mimic,
-            "transplanted": self._kd_transplanted,
-            "mimic_stats": next((t.stats() for t in self.kd_terms if t.stage == "mimic"), None),
+            **(self.kd_stage.state_dict() if self.kd_stage else NO_STAGE_STATE),
             "connectors": {k: v.detach().cpu().clone() for k, v in self.kd_connectors.state_dict().items()},
             "teacher_metrics": {k: float(v) for k, v in (self.kd_teacher_metrics or {}).items()},  # no numpy types
             "version": __version__,
@@ -588,12 +494,26 @@ class KDTrainer(DetectionTrainer):
                 f.write_bytes(buffer.getvalue())
         return saved
 
-    def _restore_kd_state(self, state: dict[str, Any]) -> None:
-        """Load resumed adapter weights and teacher statistics (the teacher's hash was checked in ``__init__``)."""
-        if state.get("connectors"):
-            self.kd_connectors.load_state_dict(state["connectors"])
-        if state.get("mimic_stats"):
-            next(t for t in self.kd_terms if t.stage == "mimic").load_stats(state["mimic_stats"], self.device)
+    # the start and the stage under the names the trainer gave them before they had objects -------------------------
+    @property
+    def kd_inherited(self) -> bool:
+        """The student started from a selection of the teacher's weights."""
+        return self.kd_start.mode == "select"
+
+    @property
+    def kd_mimic(self) -> bool:
+        """The run has a mimic stage."""
+        return self.kd_stage is not None
+
+    @property
+    def kd_mimic_epochs(self) -> int:
+        """Length of the mimic stage; 0 without one."""
+        return self.kd_stage.epochs if self.kd_stage else 0
+
+    @property
+    def _kd_transplanted(self) -> bool:
+        """The mimic stage is over and the student has the teacher's head."""
+        return self.kd_stage is not None and self.kd_stage.transplanted
 
 
 def _teacher_sha256(args) -> str:
@@ -607,17 +527,16 @@ def _teacher_sha256(args) -> str:
     return file_sha256(path)
 
 
-def _mimic_epochs(value: float, epochs: int) -> int:
-    """Epochs of the mimic stage: ``value`` epochs, or that fraction of ``epochs`` below 1 (at least one)."""
-    return max(1, round(value * epochs)) if value < 1 else round(value)
+def _new_epoch(trainer: KDTrainer) -> None:
+    """Restart the batch index that the KD schedule reads (``on_train_epoch_start``, also on an OOM restart)."""
+    trainer._kd_batch = -1
 
 
-def _mimic_problem(value: float, epochs: int) -> str | None:
-    """Why a run of ``epochs`` has no room for a mimic stage of ``kd_mimic_epochs=value``, or None."""
-    n = _mimic_epochs(value, epochs)
-    if n >= epochs:
-        return f"kd_mimic_epochs={value} gives {n} mimic epochs of {epochs}, leaving none to train the detector"
-    return None
+def _next_batch(trainer: KDTrainer) -> None:
+    """Advance the batch index; a mimic stage hands over the head when due and warms up (``on_train_batch_start``)."""
+    trainer._kd_batch += 1
+    if trainer.kd_stage is not None:
+        trainer.kd_stage.on_train_batch_start(trainer, trainer._kd_batch)
 
 
 def _write_report(trainer: KDTrainer) -> None:
@@ -628,3 +547,6 @@ def _write_report(trainer: KDTrainer) -> None:
         write_report(trainer.save_dir, teacher_metrics=trainer.kd_teacher_metrics)  # kept as kd_teacher.json
     except Exception as e:
         LOGGER.warning(f"{PREFIX} could not write kd_report.md in {trainer.save_dir}: {type(e).__name__}: {e}")
+
+
+_CALLBACKS = {"on_train_epoch_start": _new_epoch, "on_train_batch_start": _next_batch, "on_train_end": _write_report}

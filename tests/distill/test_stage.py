@@ -1,0 +1,59 @@
+"""MimicStage: its schedule, its trigger and its checkpoint state, on a stand-in trainer (no training)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ultralytics_kd.distill.stage import NO_STAGE_STATE, MimicStage, mimic_epochs, mimic_problem
+
+
+def test_stage_length_and_room():
+    assert [mimic_epochs(v, 10) for v in (0.25, 0.01, 3, 3.4)] == [2, 1, 3, 3]
+    assert mimic_problem(2, 3) is None
+    assert mimic_problem(2, 2) == "kd_mimic_epochs=2 gives 2 mimic epochs of 2, leaving none to train the detector"
+
+
+@pytest.mark.parametrize("cos_lr", [False, True])
+def test_each_part_has_a_stock_schedule_of_its_length(cos_lr):
+    lf = MimicStage(4).lr_factor(epochs=10, lrf=0.1, cos_lr=cos_lr)
+    assert lf(0) == lf(4) == 1.0  # the rest of the run restarts at lr0
+    if not cos_lr:
+        assert lf(2) == pytest.approx(0.55) and lf(7) == pytest.approx(0.55)  # half-way through each part
+    assert lf(3.999) < 1.0 and lf(9.999) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_trigger_hands_over_once_at_the_first_batch_after_the_stage():
+    stage = MimicStage(2)
+    calls = []
+    groups = [{"param_group": "weight", "initial_lr": 0.01, "momentum": 0.9}]
+    t = SimpleNamespace(
+        args=SimpleNamespace(warmup_epochs=0, nbs=64), train_loader=range(3), epochs=4, batch_size=16,
+        optimizer=SimpleNamespace(param_groups=groups), lf=lambda x: 1.0, accumulate=4,
+    )  # fmt: skip
+
+    def transplant():
+        calls.append(t.epoch)
+        stage.transplanted = True
+
+    t._kd_transplant = transplant
+    for epoch in range(4):
+        t.epoch = epoch
+        for i in range(3):
+            stage.on_train_batch_start(t, i)
+            assert t.accumulate == (1 if epoch < 2 else 4)  # one step per batch inside the stage
+            t.accumulate = 4
+    assert calls == [2]
+
+
+def test_checkpoint_state_round_trip():
+    stage = MimicStage(2, teacher_head=torch.nn.Identity())
+    stage.term([torch.zeros(1, 2, 3, 3)], [torch.randn(1, 2, 3, 3)])  # gathers teacher statistics
+    state = {**stage.state_dict(), "transplanted": True}
+    assert state.keys() == NO_STAGE_STATE.keys() and state["mimic"]
+    resumed = MimicStage(2, teacher_head=torch.nn.Identity())
+    resumed.load_state_dict(state)
+    assert resumed.transplanted and resumed.teacher_head is None
+    assert all(torch.equal(a, b) for a, b in zip(resumed.term.std, stage.term.std)) and len(resumed.term.std) == 1

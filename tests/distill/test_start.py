@@ -1,0 +1,65 @@
+"""Start strategies: ``choose_start`` picks select, mimic or none per pair and run, and refuses what cannot be done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ultralytics.nn.tasks import DetectionModel
+
+import ultralytics_kd  # noqa: F401  (registers the ShuffleV2 block)
+from ultralytics_kd.distill.inherit import inherit_problem
+from ultralytics_kd.distill.stage import MimicStage
+from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
+
+SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return DetectionModel("yolov8s.yaml", nc=2, verbose=False)
+
+
+def _choose(init, student, teacher, has_weights=False, kd_mimic_epochs=0.25, epochs=8):
+    s = DetectionModel(student, nc=2, verbose=False)
+    parts = TeacherParts.of(teacher, init)
+    return choose_start(init, s, parts, has_weights=has_weights, kd_mimic_epochs=kd_mimic_epochs, epochs=epochs), s
+
+
+def test_teacher_parts_copy_only_what_the_init_needs(teacher):
+    assert TeacherParts.of(teacher, "none") == TeacherParts()
+    select, auto = TeacherParts.of(teacher, "select"), TeacherParts.of(teacher, "auto")
+    assert select.head is None and select.state.keys() == teacher.state_dict().keys()
+    assert auto.head is not teacher.model[-1] and type(auto.head) is type(teacher.model[-1])
+
+
+def test_decisions_per_pair_and_run(teacher):
+    start, _ = _choose("auto", "yolov8n.yaml", teacher)
+    assert start == Start("select", "auto")
+    start, student = _choose("auto", SHUFFLE, teacher, epochs=8)  # no layout to select from: the mimic stage, 2 epochs
+    assert (start.mode, start.stage_epochs, start.no_mimic) == ("mimic", 2, None)
+    assert start.no_select == inherit_problem(student, teacher)
+    start, _ = _choose("mimic", "yolov8n.yaml", teacher, kd_mimic_epochs=3)  # asked for: selection is not tried
+    assert start == Start("mimic", "mimic", stage_epochs=3)
+    start, _ = _choose("auto", SHUFFLE, teacher, kd_mimic_epochs=2, epochs=2)  # no room for a stage: none, two reasons
+    assert start.mode == "none" and start.no_select and "leaving none to train the detector" in start.no_mimic
+    assert _choose("auto", "yolov8n.yaml", teacher, has_weights=True)[0] == Start("none", "auto", kept=True)
+    assert _choose("none", "yolov8n.yaml", teacher)[0] == Start("none", "none")
+
+
+def test_explicit_starts_that_cannot_be_taken_raise(teacher):
+    with pytest.raises(ValueError, match="kd_init=select copies the teacher's weights"):
+        _choose("select", SHUFFLE, teacher)
+    with pytest.raises(ValueError, match="kd_init=mimic .* end-to-end"):
+        _choose("mimic", "yolo26n.yaml", teacher)
+
+
+def test_take_selects_or_returns_the_stage(teacher):
+    start, student = _choose("select", "yolov8n.yaml", teacher)
+    parts = TeacherParts.of(teacher, "select")
+    assert start.take(student, parts) is None
+    assert student.model[0].conv.weight.equal(teacher.model[0].conv.weight[::2])  # 16 of the teacher's 32 channels
+    start, student = _choose("auto", SHUFFLE, teacher)
+    parts = TeacherParts.of(teacher, "auto")
+    stage = start.take(student, parts)
+    assert isinstance(stage, MimicStage) and stage.epochs == 2 and stage.teacher_head is parts.head
