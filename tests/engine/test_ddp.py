@@ -14,6 +14,7 @@ import pickle
 import re
 import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -66,6 +67,8 @@ class CpuDDPTrainer(KDTrainer):
                 "adapters": {k: v.detach().cpu() for k, v in self.kd_connectors.named_parameters()},
                 "report_callbacks": self.callbacks["on_train_end"].count(_write_report),
                 "teacher_device": str(next(self.teacher.parameters()).device),
+                "start": self.kd_start.mode,
+                "transplanted": self._kd_transplanted,
                 "device": str(self.device),
             },
             self.save_dir / f"rank{RANK}.pt",
@@ -122,6 +125,51 @@ def test_two_rank_ddp_distils_in_sync_and_resumes(data_yaml, teacher_pt, tiny, t
     assert trainer.start_epoch == 1 and trainer.world_size == 0 and trainer.args.kd_recipe == "ld+cwd"
     assert all(torch.equal(seen["adapters"][k], v) for k, v in saved["kd"]["connectors"].items())
     assert all(math.isfinite(float(trainer.tloss[k])) and trainer.tloss[k] > 0 for k in ("kdld_loss", "kdcwd_loss"))
+
+
+SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
+
+
+def _worker(launcher: KDTrainer) -> KDTrainer:
+    """What a DDP worker builds: the trainer from the launcher's pickled args, and the launcher's pickled student."""
+    state = pickle.loads(pickle.dumps({"args": vars(launcher.args), "model": launcher.model}))
+    worker = KDTrainer(cfg={**DEFAULT_CFG_DICT, "save_dir": ""}, overrides=state["args"])
+    worker.model = state["model"]
+    return worker
+
+
+def test_worker_takes_the_launchers_start(data_yaml, teacher_pt, tiny, tmp_path):
+    """Workers never build the student, so the start the launcher chose (here the mimic stage) travels with it."""
+    args = dict(model=str(SHUFFLE), data=str(data_yaml), teacher=str(teacher_pt), kd_mimic_epochs=1, epochs=2)
+    launcher = KDTrainer(overrides=dict(**args, kd_teacher_check=False, project=str(tmp_path), **tiny))
+    launcher.model = launcher.get_model(cfg=str(SHUFFLE))
+    worker = _worker(launcher)
+    assert worker.kd_start.mode == "none" and worker.kd_stage is None  # before the student is set up
+    worker.setup_model()
+    assert worker.kd_start == launcher.kd_start and worker.kd_start.mode == "mimic"
+    assert worker.kd_stage is not None and worker.kd_stage.epochs == 1
+    assert not hasattr(worker.model, "kd_start")  # taken off the student: no checkpoint carries it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
+def test_two_rank_ddp_runs_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
+    """Both ranks run the launcher's mimic stage and take the teacher's head in step."""
+    with monkeypatch.context() as m:
+        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")
+        if importlib.util.find_spec("cloudpickle") is None:
+            m.setitem(sys.modules, "cloudpickle", pickle)
+        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
+        YOLO(SHUFFLE).train(
+            trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_mimic_epochs=1, epochs=2,
+            val=False, kd_teacher_check=False, project=str(tmp_path), name="ddp", **tiny,
+        )  # fmt: skip
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for r in ranks:
+        assert r["start"] == "mimic" and r["transplanted"]
+        assert r["kd_steps"][0]["kdmim_loss"] > 0  # the stage's imitation term trained the first epoch
+    a, b = ranks[0]["student"], ranks[1]["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_worker_with_missing_teacher_names_it(data_yaml, teacher_pt, tiny, tmp_path):

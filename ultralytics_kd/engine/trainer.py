@@ -205,6 +205,7 @@ class KDTrainer(DetectionTrainer):
                 epochs=self.epochs,
             )
             self.kd_stage = self.kd_start.take(model, self._kd_teacher_parts)
+            model.kd_start = self.kd_start  # DDP workers get this model pickled, and never call get_model
         return model
 
     def setup_model(self):
@@ -217,6 +218,11 @@ class KDTrainer(DetectionTrainer):
                 n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
                 self.kd_stage = MimicStage(n, self._kd_teacher_parts.head)
                 self.kd_stage.load_state_dict(self._kd_resume, self.device)
+        start = self.model.__dict__.pop("kd_start", None)  # off the student, so that no checkpoint carries it
+        if start is not None and start is not self.kd_start:  # a DDP worker: take the launcher's decision
+            self.kd_start = start
+            if start.mode == "mimic":
+                self.kd_stage = MimicStage(start.stage_epochs, self._kd_teacher_parts.head)
         return ckpt
 
     def set_model_attributes(self):
