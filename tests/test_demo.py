@@ -6,25 +6,39 @@ import json
 import subprocess
 import sys
 
+import cv2
 import pytest
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 from tests.conftest import ROOT
-from ultralytics_kd.demo import STUDENT, demo_dir, run_demo
+from ultralytics_kd.demo import DEFAULTS, STUDENT, demo_dir, run_demo
+from ultralytics_kd.distill.transplant import transplant_problem
+from ultralytics_kd.engine.resume import kd_checkpoint_state
 from ultralytics_kd.report import cli as report_cli
+from ultralytics_kd.report import start_markdown
+from ultralytics_kd.report.gallery import TITLE_PX
+
+
+def test_demo_teacher_head_is_takeable():
+    # the demo exists to show the path the README recommends: the student takes the default teacher's head
+    student, teacher = (DetectionModel(DEFAULTS[k], nc=5, verbose=False).model[-1] for k in ("student", "teacher"))
+    assert transplant_problem(student, teacher) is None
 
 
 @pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path):
-    # through examples/quickstart.py, as a user runs it (it calls run_demo)
-    args = ["n=24", "imgsz=64", "epochs=1", "teacher_epochs=1", "batch=8", "workers=0", f"project={tmp_path}"]
+    # through examples/quickstart.py, as a user runs it (it calls run_demo); 2 student epochs leave room for the
+    # mimic stage (a quarter of the run, at least one epoch) and one epoch with the teacher's head
+    args = ["n=24", "imgsz=64", "epochs=2", "teacher_epochs=1", "batch=8", "workers=0", f"project={tmp_path}"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), *args], capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = tmp_path / "demo"
-    assert "6/6 writing the report" in proc.stdout + proc.stderr
+    out, log = tmp_path / "demo", proc.stdout + proc.stderr
+    assert "6/6 writing the report" in log
+    assert "kd_init=auto: the student imitates the teacher's Detect inputs" in log
+    assert "epoch 2: mimic stage over, the student takes the teacher's head" in log
     for f in (
         "demo_table.md",
         "distilled/kd_report.md",
@@ -35,6 +49,7 @@ def test_demo_tiny_end_to_end(tmp_path):
         "teacher/weights/best.pt",
         "scratch/weights/best.pt",
         "data/data.yaml",
+        "predictions.png",
     ):
         assert (out / f).is_file(), f
     rows = {r["model"]: r for r in json.loads((out / "distilled" / "kd_table.json").read_text())}
@@ -51,10 +66,33 @@ def test_demo_tiny_end_to_end(tmp_path):
     assert rows["student distilled"]["map50_95"] == pytest.approx(float(m.box.map), abs=1e-4)
     assert all(r["latency_ms"] > 0 and r["gflops"] > 0 for r in rows.values())
 
-    report = (out / "distilled" / "kd_report.md").read_text()
+    # the distilled student went through the mimic stage and took the teacher's head, as its checkpoint records
+    state = kd_checkpoint_state(out / "distilled" / "weights" / "last.pt")
+    assert state["mimic"] and state["transplanted"] and not state["inherited"]
+    assert state["settings"]["kd_recipe"] == "default"
+
+    # the picture: 4 val images x (ground truth, teacher, scratch, distilled), 256 px tiles under a title strip
+    assert cv2.imread(str(out / "predictions.png")).shape == (TITLE_PX + 4 * 256, 4 * 256, 3)
+
+    # both reports name the start and the terms, and show the picture
+    table, report = (out / "demo_table.md").read_text(), (out / "distilled" / "kd_report.md").read_text()
+    for md in (table, report):
+        assert "recipe `default`, kd_init `auto`" in md and "then given the teacher's Detect head" in md
+        assert "`mimic` (epochs 1)" in md and "stock box/cls/dfl loss alone (epochs 2)" in md
+    assert "![predictions](predictions.png)" in table and "![predictions](../predictions.png)" in report
     assert "| student distilled |" in report and "kd_losses.png" in report
     assert "train/kd" in (out / "distilled" / "results.csv").read_text().replace(" ", "")
     assert report_cli({"run": str(out / "distilled")}).is_file()  # yolo-kd report on the same run
+
+
+def test_start_markdown():
+    cols = {"epoch": [1, 2, 3, 4, 5], "train/kdmim_loss": [0.5, 0.2, 0, 0, 0], "train/kdld_loss": [0, 0, 0.1, 0.1, 0]}
+    state = {"settings": {"kd_recipe": "default", "kd_init": None}, "mimic": True, "transplanted": True}
+    md = start_markdown(state, cols)
+    assert "recipe `default`, kd_init `auto`" in md and "then given the teacher's Detect head" in md
+    assert "`mimic` (epochs 1-2), `ld` (epochs 3-4), the stock box/cls/dfl loss alone (epochs 5)" in md
+    assert "a uniform selection" in start_markdown({"settings": {"kd_recipe": "init"}, "inherited": True}, cols)
+    assert "before the head transplant" in start_markdown({"settings": {"kd_recipe": "default"}, "mimic": True}, cols)
 
 
 def test_demo_dir_never_overwrites(tmp_path):

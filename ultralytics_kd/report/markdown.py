@@ -16,6 +16,8 @@ from typing import Any
 
 from ultralytics.utils import LOGGER
 
+from ultralytics_kd.distill.losses import TERMS, FeatureMimic
+from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.report.measure import ModelRow
 from ultralytics_kd.report.plots import MAP, MAP50, plot_kd_losses, plot_map, plot_tradeoff
 
@@ -48,6 +50,61 @@ def table_markdown(rows: list[ModelRow]) -> str:
         for r in rows
     ]
     return "\n".join(lines)
+
+
+def start_markdown(state: Mapping[str, Any], cols: Mapping[str, list[float]]) -> str:
+    """How a distilled student started and which distillation terms trained in which epochs, as one paragraph.
+
+    Args:
+        state (Mapping[str, Any]): The checkpoint's ``"kd"`` entry (``settings``, ``inherited``, ``mimic``,
+            ``transplanted``), as KDTrainer writes it.
+        cols (Mapping[str, list[float]]): The run's results.csv columns (``read_results``); a term trained in the
+            epochs where its ``train/kd*`` column is above zero.
+
+    Returns:
+        (str): Markdown naming the recipe, the start and each term with its epochs.
+    """
+    settings = state.get("settings") or {}
+    if state.get("inherited"):
+        start = "a uniform selection of the teacher's weights (weight selection)"
+    elif state.get("mimic"):
+        start = "its random init, trained to imitate the teacher's Detect inputs (mimic stage), " + (
+            "then given the teacher's Detect head (transplanted)"
+            if state.get("transplanted")
+            else "and the run ended before the head transplant"
+        )
+    else:
+        start = "its random init"
+    names = {t.item: t.name for t in (*TERMS.values(), FeatureMimic)}  # results.csv has items; recipes say names
+    epochs = [int(e) for e in cols["epoch"]]
+    spans = {}  # term name -> epochs it trained in (its column above zero)
+    for k in (c for c in cols if c.startswith("train/kd")):
+        item = k.removeprefix("train/")
+        spans[names.get(item, item)] = [e for e, v in zip(epochs, cols[k]) if v > 0]
+    used = {e for on in spans.values() for e in on}
+    terms = [
+        f"`{name}` (epochs {_spans(on)})" if on else f"`{name}` (never)"
+        for name, on in sorted(spans.items(), key=lambda kv: kv[1][:1] or [len(epochs) + 1])
+    ]
+    plain = [e for e in epochs if e not in used]
+    terms += [f"the stock box/cls/dfl loss alone (epochs {_spans(plain)})"] if plain else []
+    recipe = settings.get("kd_recipe")
+    init = settings.get("kd_init") or get_recipe(recipe).init
+    return (
+        f"Distilled student (recipe `{recipe}`, kd_init `{init}`): started from {start}; "
+        f"trained with {', '.join(terms) or 'no distillation term'}."
+    )
+
+
+def _spans(epochs: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    spans: list[list[int]] = []
+    for e in epochs:
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
 def write_report(
