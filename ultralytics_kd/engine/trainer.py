@@ -6,7 +6,8 @@ AMP and DDP are Ultralytics' own:
 - ``__init__``: accepts ``teacher`` and the ``kd_*`` keys (defaults in ``cfg/kd.yaml``) as ordinary train arguments by
   adding them to the base config the stock key check compares against, so typos in any key are still rejected and the
   settings live in ``self.args`` (hence in ``vars(args)`` for DDP, ``args.yaml`` and the checkpoint's ``train_args``
-  that ``resume`` restores). Loads and checks the teacher against the dataset.
+  that ``resume`` restores). Loads and checks the teacher against the dataset; on resume the teacher may be given again
+  (a moved file), and must hash as the checkpoint's did.
 - ``get_model``: a student built without weights starts as ``distill.start.choose_start`` decides (``kd_init``): from a
   selection of the teacher's weights, or with a ``MimicStage`` (``distill/stage.py``) that ends by giving it the
   teacher's head. ``setup_model`` reads a resumed run's start from its checkpoint.
