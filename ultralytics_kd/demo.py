@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = dict(
     n=400,
     imgsz=128,
     epochs=20,
-    teacher_epochs=30,
+    teacher_epochs=25,
     batch=8,
     seed=0,
     difficulty="easy",
@@ -217,5 +217,5 @@ def run_demo(**overrides: Any) -> Path:
 
 
 def cli(args: dict[str, Any]) -> Path:
-    """``yolo-kd demo [epochs=15 teacher_epochs=15 imgsz=128 n=300 ...]``."""
+    """``yolo-kd demo [epochs=20 teacher_epochs=25 imgsz=128 n=400 ...]``."""
     return run_demo(**args)
