@@ -7,5 +7,6 @@ _spec = spec_from_file_location("_kd_distill_fixtures_deploy", Path(__file__).pa
 _fixtures = module_from_spec(_spec)
 _spec.loader.exec_module(_fixtures)
 
-TINY, make_dataset, save_untrained = _fixtures.TINY, _fixtures.make_dataset, _fixtures.save_untrained
+TINY, NAMES = _fixtures.TINY, _fixtures.NAMES
+make_dataset, save_untrained = _fixtures.make_dataset, _fixtures.save_untrained
 data_yaml, teacher_pt, tiny, untrained = _fixtures.data_yaml, _fixtures.teacher_pt, _fixtures.tiny, _fixtures.untrained

@@ -15,6 +15,7 @@ AMP and DDP are Ultralytics' own:
 - ``build_optimizer``: adds the adapters as one more parameter group.
 - ``_setup_scheduler``, ``_get_warmup_iterations``: with a mimic stage, the stage and the rest of the run each get the
   stock schedule and warm-up of their own length (``MimicStage.lr_factor``, ``MimicStage.warm_up``).
+- ``_model_train``: under QAT (``quantize=8``) BatchNorm statistics stay frozen.
 - ``_setup_train``: moves the teacher to the device (under DDP, the rank's), installs ``KDDetectionLoss``
   (``KDE2ELoss`` for end-to-end students) on the student, after the EMA copy (so neither the EMA nor its checkpoints
   carry it), then validates the teacher once. Under DDP every rank starts from rank 0's adapters.
@@ -45,6 +46,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ultralytics_kd.deploy.int8 import is_int8
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, KDE2ELoss
 from ultralytics_kd.distill.recipes import Recipe, get_recipe
@@ -83,6 +85,11 @@ def _check_before_setup(given: dict[str, Any]) -> None:
         return  # the teacher and settings come from the checkpoint; they are checked once it is read
     if not given.get("teacher"):
         raise ValueError("KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model)")
+    if is_int8(given.get("quantize")) and not _own_data(given.get("data")):
+        raise ValueError(
+            "quantize=8 (QAT) calibrates its INT8 ranges on your training images: pass data=your_data.yaml. Without "
+            "it Ultralytics falls back to a sample set it would download, which this plugin does not allow"
+        )
     if given.get("compile") and given.get("kd_feat_layers"):
         raise ValueError(
             "compile=True is not supported with kd_feat_layers: hooks on the student's layers break the compiled "
@@ -92,6 +99,13 @@ def _check_before_setup(given: dict[str, Any]) -> None:
         p = given.get(key)
         if p and Path(p).suffix not in {".yaml", ".yml"} and not Path(p).is_file():  # YAML names resolve later
             raise FileNotFoundError(f"{key}='{p}' not found; pass an existing file, e.g. {key}=best.pt")
+
+
+def _own_data(data) -> bool:
+    """A ``data=`` the user chose: set, and not Ultralytics' fallback sample set unless that exists locally."""
+    from ultralytics.cfg import TASK2DATA
+
+    return bool(data) and (str(data) != TASK2DATA["detect"] or Path(str(data)).is_file())
 
 
 @contextmanager
@@ -253,6 +267,12 @@ class KDTrainer(DetectionTrainer):
                 "kd_lad=True assigns a one-to-many student's targets from the teacher; this student has an end-to-end "
                 "(one-to-one) head, whose assignment it does not cover. Set kd_lad=False or use a one-to-many student"
             )
+        if self.kd_stage and is_int8(a.quantize):
+            raise ValueError(
+                "quantize=8 fine-tunes a trained student, and this one would start with a mimic stage (it has no "
+                "weights of its own). Distil it in FP32 first, then fine-tune with the teacher: yolo-kd train "
+                "model=runs/detect/train/weights/best.pt teacher=... data=... quantize=8 epochs=5"
+            )
         if self.kd_stage:  # the imitation term is the whole loss of the stage's epochs
             terms = [self.kd_stage.term, *terms]
         self.kd_terms = terms
@@ -354,6 +374,15 @@ class KDTrainer(DetectionTrainer):
         Overridden because the stock loop reads its warm-up length only from here.
         """
         return 0 if self.kd_mimic else super()._get_warmup_iterations(num_batches)
+
+    def _model_train(self):
+        """Stock train mode; under QAT (``quantize=8``) BatchNorm keeps the statistics its INT8 ranges were calibrated
+        with, as QAT recipes do (the fine-tune is short, and a batch's statistics would shift the calibrated ranges)."""
+        super()._model_train()
+        if is_int8(self.args.quantize):
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def _warm_up_stage(self, i: int, mimic: bool) -> None:
         """``MimicStage.warm_up`` of the stage (``mimic``) or the rest of the run, for batch ``i`` of this epoch."""

@@ -1,0 +1,161 @@
+"""INT8 through Ultralytics' own two paths, with checks first and one preparation step for plugin students.
+
+- **Post-training (PTQ)**: ``model.export(format="onnx", quantize=8, data=...)`` calibrates with ONNX Runtime's
+  ``quantize_static``. The plugin adds :func:`export_preflight`: without ``data=`` the stock path would download a
+  sample set to calibrate on, so a model that is not QAT-trained fails first with the fix in the message.
+- **Quantization-aware training (QAT)**: ``train(quantize=8)`` inserts NVIDIA ModelOpt fake-quantization through
+  ``prepare_qat``, which Ultralytics' trainer calls after building the model. :func:`install_qat_hook` wraps that call
+  (stock trainers and ``KDTrainer`` alike) with :func:`prepare_qat`:
+
+  1. ModelOpt missing: an ImportError naming the install, instead of an AutoInstall mid-run.
+  2. A student whose BatchNorm statistics were never trained: an error. QAT calibrates its ranges in eval mode, where
+     such a model's activations shrink to ~1e-6 while training sees normalised ones; the ranges then clip everything
+     and the first step turns the weights to NaN (stock ``yolov9t.yaml`` does this too).
+  3. Re-parameterisable blocks (RepVGG, RepGELAN) are merged first, so QAT learns the weights and ranges of the single
+     conv that deploys. Merging after QAT would add branches that were quantized apart, whose sum no INT8 kernel
+     reproduces (Chu et al., "Make RepVGG Greater Again: A Quantization-aware Approach", 2022).
+  4. The stock preparation.
+  5. A module whose weights ModelOpt did not wrap (a block computing with its own ``nn.Parameter``) is named in an
+     error: it would train and export in float while the run reports INT8.
+
+Examples:
+    >>> from ultralytics import YOLO
+    >>> import ultralytics_kd  # installs the hooks
+    >>> YOLO("best.pt").export(format="onnx", quantize=8, data="data.yaml")  # PTQ, ONNX Runtime
+    >>> YOLO("best.pt").train(data="data.yaml", quantize=8, epochs=5, optimizer="SGD", lr0=1e-4, warmup_epochs=0)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from ultralytics.utils import LOGGER, colorstr
+from ultralytics.utils.torch_utils import is_qat
+
+from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
+
+__all__ = [
+    "MODELOPT_HINT",
+    "export_preflight",
+    "install_qat_hook",
+    "is_int8",
+    "prepare_qat",
+    "require_modelopt",
+    "unquantized_modules",
+]
+
+PREFIX = colorstr("INT8:")
+MODELOPT_HINT = 'pip install "ultralytics-kd[int8]"'
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def is_int8(quantize) -> bool:
+    """Whether a ``quantize`` value asks for INT8 (8, "8", "int8", "w8a8"), before or after Ultralytics' aliasing."""
+    return str(quantize).strip().lower() in {"8", "int8", "w8a8"}
+
+
+def require_modelopt():
+    """Import ``modelopt.torch.quantization``, or raise an ImportError that names the install."""
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as e:
+        raise ImportError(
+            f"quantize=8 training (QAT) needs NVIDIA ModelOpt, which is not installed: {MODELOPT_HINT} (it runs on "
+            f"CPU too). For INT8 without training, export with format=onnx quantize=8 data=your_data.yaml"
+        ) from e
+    return mtq
+
+
+def _untrained_batchnorms(model: nn.Module) -> bool:
+    """True if every BatchNorm still holds its initial statistics (mean 0, variance 1): a never-trained model."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+    return bool(bns) and all(
+        torch.all(m.running_mean == 0).item() and torch.all(m.running_var == 1).item() for m in bns
+    )
+
+
+def unquantized_modules(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, type)`` of modules that hold weights of their own but no ModelOpt weight quantizer (norms aside)."""
+    return [
+        (name, type(m).__name__)
+        for name, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+        and not hasattr(m, "weight_quantizer")
+        and not isinstance(m, _NORMS)
+        and type(m).__name__ != "TensorQuantizer"
+    ]
+
+
+def prepare_qat(stock, model: nn.Module, dataloader, preprocess, batches: int = 8) -> nn.Module:
+    """Check and prepare a student, then run Ultralytics' ``prepare_qat`` (``stock``) on it; see the module docstring.
+
+    Args:
+        stock (Callable): ``ultralytics.utils.torch_utils.prepare_qat``.
+        model (nn.Module): The student, modified in place.
+        dataloader (Iterable): The calibration loader the trainer built (its train split, without augmentation cache).
+        preprocess (Callable): The trainer's batch preprocessing.
+        batches (int): Calibration batches.
+
+    Returns:
+        (nn.Module): The fake-quantized student.
+
+    Raises:
+        ImportError: ModelOpt is not installed.
+        ValueError: The student was never trained, or has weights that ModelOpt does not quantize.
+    """
+    require_modelopt()
+    if _untrained_batchnorms(model):
+        raise ValueError(
+            "quantize=8 fine-tunes a trained student, and this one has never been trained (its BatchNorm statistics "
+            "are the initial ones, so the calibrated INT8 ranges would clip every activation). Train it in FP32 first, "
+            "then fine-tune: yolo-kd train model=runs/detect/train/weights/best.pt data=... quantize=8 epochs=5"
+        )
+    n_images = len(getattr(dataloader, "dataset", ()))
+    if len(dataloader) < batches:
+        LOGGER.warning(
+            f"{PREFIX} the calibration set has {n_images} images, {len(dataloader)} batches of the {batches} that "
+            f"QAT calibrates its ranges on; ranges from so few images may clip. Use more training images"
+        )
+    merged = len(unfused_blocks(model))
+    reparameterize(model)
+    model = stock(model, dataloader, preprocess, batches)
+    if bad := unquantized_modules(model):
+        names = ", ".join(f"{n} ({t})" for n, t in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"quantize=8: ModelOpt does not quantize {names}: it holds weights outside nn.Conv2d/nn.Linear layers, so "
+            f"it would stay float. Build the block from nn.Conv2d/nn.Linear, or register a ModelOpt quant module for it"
+        )
+    if merged:
+        LOGGER.info(f"{PREFIX} QAT on the deployed form: {merged} re-parameterisable blocks merged before quantizing")
+    return model
+
+
+def export_preflight(args, model: nn.Module | None) -> None:
+    """Refuse an INT8 ONNX export that would calibrate on a downloaded sample set; a QAT model needs no data.
+
+    Raises:
+        ValueError: ``format=onnx quantize=8`` without ``data=`` for a model that carries no QAT ranges.
+    """
+    fmt = str(getattr(args, "format", "")).lower()
+    if fmt != "onnx" or not is_int8(getattr(args, "quantize", None)) or getattr(args, "data", None):
+        return
+    if model is not None and is_qat(model):
+        return
+    raise ValueError(
+        "format=onnx quantize=8 calibrates INT8 ranges on your images: pass data=your_data.yaml (its val split is "
+        "used). The stock fallback would download a sample set, which this plugin does not allow. A model trained with "
+        "quantize=8 (QAT) carries its ranges and needs no data"
+    )
+
+
+def install_qat_hook() -> None:
+    """Wrap the ``prepare_qat`` that Ultralytics' trainer calls, once; later calls are no-ops."""
+    from ultralytics.engine import trainer
+
+    if getattr(trainer.prepare_qat, "_ultralytics_kd", False):
+        return
+    hooked = functools.wraps(trainer.prepare_qat)(functools.partial(prepare_qat, trainer.prepare_qat))
+    hooked._ultralytics_kd = True
+    trainer.prepare_qat = hooked
