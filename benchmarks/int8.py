@@ -46,9 +46,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bccd" / "data.yaml"))
     p.add_argument("--teacher", default=str(ROOT.parent / "shared" / "teachers" / "bccd-yolov9s-320.pt"))
     p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--epochs", type=int, default=2, help="QAT and KD-QAT fine-tune epochs")
-    p.add_argument("--optimizer", default="SGD")
-    p.add_argument("--lr0", type=float, default=1e-4, help="constant learning rate of both fine-tunes")
+    p.add_argument("--epochs", type=int, default=3, help="QAT and KD-QAT fine-tune epochs")
+    p.add_argument("--optimizer", default="AdamW")
+    p.add_argument("--lr0", type=float, default=1.4e-5, help="constant learning rate of both fine-tunes")
     p.add_argument("--batch", type=int, default=16, help="fine-tune batch size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test")
@@ -89,7 +89,7 @@ def main() -> None:
         shutil.copy(args.student, student)
         files = {}
         if "fp32" in rows:
-            files["fp32"] = export(student, args)
+            files["fp32"] = export(student, args).rename(work / "fp32.onnx")  # PTQ exports to and removes student.onnx
         if "ptq" in rows:
             files["ptq"] = export(student, args, quantize=8, data=args.data)
         trained = {}

@@ -224,3 +224,20 @@ def test_block_the_quantizer_does_not_know_is_named():
 def test_is_int8_accepts_every_alias():
     assert all(int8.is_int8(q) for q in (8, "8", "int8", "INT8", "w8a8"))
     assert not any(int8.is_int8(q) for q in (None, 16, "fp16", 32, "w8a16"))
+
+
+def test_kd_qat_fine_tune_holds_the_rate_a_stock_run_ends_with(data_yaml, teacher_pt, tmp_path):
+    """Unless the user sets them: no warm-up, a constant rate, and that rate is the optimizer's own lr x the default lrf
+    (applied after optimizer=auto picked its optimizer); a user's lr0 is kept as given."""
+    student = _student_with_data_statistics("yolov9-tiny-shufflev2", data_yaml, tmp_path / "student.pt")
+    common = dict(model=str(student), teacher=str(teacher_pt), data=str(data_yaml), quantize=8, project=str(tmp_path))
+    trainer = KDTrainer(overrides=common)
+    assert (trainer.args.warmup_epochs, trainer.args.lrf, trainer._qat_lr_scale) == (0, 1.0, 0.01)
+    model = DetectionModel(str(model_yaml("yolov9-tiny-shufflev2")), nc=2, verbose=False)
+    optimizer = trainer.build_optimizer(model, name="SGD", lr=0.02, momentum=0.9, decay=0.0)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.02 * 0.01] * len(optimizer.param_groups))
+
+    given = KDTrainer(overrides={**common, "lr0": 0.003, "warmup_epochs": 1.0})
+    assert (given.args.warmup_epochs, given.args.lrf, given._qat_lr_scale) == (1.0, 1.0, None)
+    plain = KDTrainer(overrides={**common, "quantize": None})
+    assert (plain.args.warmup_epochs, plain.args.lrf, plain._qat_lr_scale) == (3.0, 0.01, None)

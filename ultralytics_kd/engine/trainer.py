@@ -170,6 +170,7 @@ class KDTrainer(DetectionTrainer):
         teacher = load_teacher(a.teacher, a.kd_teacher_weights, nc=self.data["nc"], ch=self.data["channels"])
         if not self.resume:
             self.kd_teacher_sha256 = _teacher_sha256(a)
+        self._qat_lr_scale = None if self.resume else _qat_fine_tune(a, overrides)
         check_pair(teacher, data=self.data)
         self._kd_init_mode = get_recipe(a.kd_recipe).init if a.kd_init is None else a.kd_init
         self._kd_teacher_parts = TeacherParts.of(teacher, self._kd_init_mode)  # before FrozenTeacher fuses them
@@ -227,6 +228,8 @@ class KDTrainer(DetectionTrainer):
         """Load the student as usual; on resume also keep the checkpoint's distillation state."""
         ckpt = super().setup_model()
         self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
+        if self._kd_resume:
+            self._qat_lr_scale = self._kd_resume.get("qat_lr_scale")
         if self._kd_resume:  # the student loads its own weights now; how it started is in the checkpoint
             self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode)
             if self.kd_start.mode == "mimic":
@@ -356,6 +359,9 @@ class KDTrainer(DetectionTrainer):
             template = next(g for g in optimizer.param_groups if not g.get("use_muon"))
             group = {k: v for k, v in template.items() if k != "params"}
             optimizer.add_param_group({**group, "params": params, "param_group": "kd_adapter"})
+        if self._qat_lr_scale:  # a QAT fine-tune starts where the stock schedule of the optimizer it picked ends
+            for g in optimizer.param_groups:
+                g["lr"] *= self._qat_lr_scale
         return optimizer
 
     def _setup_scheduler(self):
@@ -510,6 +516,7 @@ class KDTrainer(DetectionTrainer):
             **(self.kd_stage.state_dict() if self.kd_stage else NO_STAGE_STATE),
             "connectors": {k: v.detach().cpu().clone() for k, v in self.kd_connectors.state_dict().items()},
             "teacher_metrics": {k: float(v) for k, v in (self.kd_teacher_metrics or {}).items()},  # no numpy types
+            "qat_lr_scale": self._qat_lr_scale,
             "version": __version__,
         }
 
@@ -550,6 +557,36 @@ class KDTrainer(DetectionTrainer):
     def _kd_transplanted(self) -> bool:
         """The mimic stage is over and the student has the teacher's head."""
         return self.kd_stage is not None and self.kd_stage.transplanted
+
+
+def _qat_fine_tune(args, given: dict[str, Any]) -> float | None:
+    """Settings of a QAT fine-tune (``quantize=8``) that the user did not set; return the factor for the optimizer's lr.
+
+    QAT fine-tunes a trained student for a few epochs. The stock schedule would restart at lr0 with a warm-up (bias lr
+    0.1), which throws a converged student far off before its INT8 ranges matter; QAT recipes instead hold the learning
+    rate the float training ended at. So, unless given: no warm-up, a constant rate (``lrf=1``), and that rate is the
+    end of the stock schedule, the optimizer's own lr times the default ``lrf`` (applied in ``build_optimizer``, after
+    ``optimizer=auto`` picked its optimizer and lr).
+    """
+    if not is_int8(args.quantize):
+        return None
+    scale = None if "lr0" in given or "lrf" in given else float(args.lrf)
+    changed = []
+    if "warmup_epochs" not in given:
+        args.warmup_epochs = 0
+        changed.append("warmup_epochs=0")
+    if "lrf" not in given:
+        args.lrf = 1.0
+        changed.append("lrf=1")
+    if scale:
+        changed.append(f"the optimizer's lr x {scale:g}")
+    if changed:
+        LOGGER.info(
+            f"{PREFIX} quantize=8 fine-tunes a trained student at the rate a stock run ends with: "
+            + ", ".join(changed)
+            + " (set lr0, lrf or warmup_epochs to choose yourself)"
+        )
+    return scale
 
 
 def _teacher_sha256(args) -> str:
