@@ -112,25 +112,33 @@ def test_qat_export_is_qdq_without_branches(qat_run):
 
 
 @pytest.mark.slow
-def test_qat_onnx_matches_fake_quant_pytorch(qat_run):
+def test_qat_onnx_means_what_the_fake_quant_model_computes(qat_run, request):
+    """ONNX Runtime's reference kernels (graph optimisations off: each QuantizeLinear/DequantizeLinear as the ONNX spec
+    defines it, which is what TensorRT implements too) reproduce the fused fake-quant PyTorch model to float precision.
+
+    ONNX Runtime's fused INT8 kernels add integer requantization on top; their accuracy is measured on a trained student
+    in benchmarks/int8.py (fake-quant PyTorch and ONNX mAP side by side).
+    """
     import onnxruntime as ort
 
-    if qat_run["name"] != "yolov9-tiny-gelan-rep":
-        pytest.skip("a random-weight ShuffleV2 amplifies one-step rounding flips; see the comment below")
+    if qat_run["name"] == "yolov9-tiny-shufflev2":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="known gap, not yet explained: the ShuffleV2 student's Q/DQ graph differs from its fake-quant "
+                "model (median 0, but cos 0.985 and 16 px at the 90th box percentile on random weights)",
+            )
+        )
     f = YOLO(str(qat_run["qat"])).export(format="onnx", imgsz=IMGSZ, batch=4)
     x = _images(qat_run["data"], "val")
     torch_model = YOLO(str(qat_run["qat"])).model.float().fuse().eval()
     with torch.no_grad():
         ref = torch_model(x)[0]
-    session = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
-    out = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    diff = parity(out, ref, IMGSZ)
-    # ONNX Runtime's fused INT8 kernels requantize in integers where fake quantization rounds in float, so a value near
-    # a rounding step can land one step away. The RepGELAN student keeps that at cos >= 0.999; the random-weight
-    # ShuffleV2 one amplifies such one-step flips through its depthwise stack (cos 0.96 at 64 px), so its parity is
-    # measured on a trained student instead (benchmarks/int8.py: fake-quant and ONNX mAP).
-    assert diff["cosine"] >= 0.999, diff
-    assert diff["box_px"] <= 1.0, diff
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(f, options, providers=["CPUExecutionProvider"])
+    diff = parity(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), ref, IMGSZ)
+    assert diff["max_abs"] <= 1e-3 and diff["cosine"] >= 0.9999, diff
 
 
 @pytest.mark.slow
