@@ -204,7 +204,7 @@ def _parse_model(parse, d, ch, verbose=True):
 
 def install() -> None:
     """Hook the registry and the fusion step into Ultralytics; idempotent, run on ``import ultralytics_kd``."""
-    from ultralytics_kd.deploy.int8 import install_qat_hook
+    from ultralytics_kd.deploy.int8 import install_int8_hooks
     from ultralytics_kd.deploy.trt import install_export_hook
     from ultralytics_kd.nn import blocks  # noqa: F401  (registers the plugin's own blocks)
     from ultralytics_kd.nn.fuse import install_fuse_hook
@@ -215,4 +215,4 @@ def install() -> None:
         tasks.parse_model = hooked
     install_fuse_hook()
     install_export_hook()
-    install_qat_hook()
+    install_int8_hooks()
