@@ -5,6 +5,8 @@
 - QAT: Ultralytics' own ``train(quantize=8)`` (ModelOpt) for ``--epochs`` from the student, no teacher.
 - KD-QAT: the same fine-tune with ``trainer=KDTrainer`` and ``--teacher`` (the default recipe for a student with weights
   of its own; BatchNorm statistics frozen under QAT).
+- QAT with BatchNorm frozen: KDTrainer with the default recipe's two weights at 0, to tell the teacher's part of the
+  KD-QAT row from the frozen statistics' part.
 
 QAT and KD-QAT share every hyperparameter (``--optimizer``, ``--lr0`` held constant, no warm-up, ``--seed``) and are
 exported from their ``best.pt``. Each row gives mAP50-95 and mAP50 on ``--split`` (ONNX Runtime, batch 1), ONNX Runtime
@@ -36,8 +38,14 @@ from ultralytics_kd import KDTrainer
 from ultralytics_kd.deploy.measure import time_calls
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("fp32", "ptq", "qat", "kdqat")
-LABELS = {"fp32": "FP32 ONNX", "ptq": "INT8 PTQ ONNX", "qat": "INT8 QAT ONNX", "kdqat": "INT8 KD-QAT ONNX"}
+ROWS = ("fp32", "ptq", "qat", "qatbn", "kdqat")
+LABELS = {
+    "fp32": "FP32 ONNX",
+    "ptq": "INT8 PTQ ONNX",
+    "qat": "INT8 QAT ONNX",
+    "qatbn": "INT8 QAT ONNX, BatchNorm frozen (KDTrainer, KD weights 0)",
+    "kdqat": "INT8 KD-QAT ONNX",
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,9 +69,11 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def fine_tune(student: Path, work: Path, name: str, args: argparse.Namespace, teacher: str | None) -> Path:
-    """QAT fine-tune (``teacher`` set: with KDTrainer); return the run's best.pt."""
-    kd = {"trainer": KDTrainer, "teacher": teacher} if teacher else {}
+def fine_tune(
+    student: Path, work: Path, name: str, args: argparse.Namespace, teacher: str | None, **kd_settings
+) -> Path:
+    """QAT fine-tune (``teacher`` set: with KDTrainer and ``kd_settings``); return the run's best.pt."""
+    kd = {"trainer": KDTrainer, "teacher": teacher, **kd_settings} if teacher else {}
     YOLO(str(student)).train(
         data=args.data, epochs=args.epochs, quantize=8, imgsz=args.imgsz, batch=args.batch, workers=1,
         optimizer=args.optimizer, lr0=args.lr0, lrf=1.0, warmup_epochs=0, seed=args.seed, deterministic=True,
@@ -95,6 +105,8 @@ def main() -> None:
         trained = {}
         if "qat" in rows:
             trained["qat"] = fine_tune(student, work, "qat", args, None)
+        if "qatbn" in rows:  # KDTrainer's QAT without the teacher's signal: what freezing BatchNorm alone does
+            trained["qatbn"] = fine_tune(student, work, "qatbn", args, args.teacher, kd_weights=[0.0, 0.0])
         if "kdqat" in rows:
             trained["kdqat"] = fine_tune(student, work, "kdqat", args, args.teacher)
         files.update({k: export(w, args) for k, w in trained.items()})
