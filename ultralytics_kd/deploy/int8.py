@@ -28,7 +28,8 @@ Examples:
     >>> from ultralytics import YOLO
     >>> import ultralytics_kd  # installs the hooks
     >>> YOLO("best.pt").export(format="onnx", quantize=8, data="data.yaml")  # PTQ, ONNX Runtime
-    >>> YOLO("best.pt").train(data="data.yaml", quantize=8, epochs=5, optimizer="SGD", lr0=1e-4, warmup_epochs=0)
+    >>> from ultralytics_kd import KDTrainer
+    >>> YOLO("best.pt").train(trainer=KDTrainer, teacher="teacher.pt", data="data.yaml", quantize=8, epochs=3)
 """
 
 from __future__ import annotations

@@ -228,9 +228,8 @@ class KDTrainer(DetectionTrainer):
         """Load the student as usual; on resume also keep the checkpoint's distillation state."""
         ckpt = super().setup_model()
         self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
-        if self._kd_resume:
-            self._qat_lr_scale = self._kd_resume.get("qat_lr_scale")
         if self._kd_resume:  # the student loads its own weights now; how it started is in the checkpoint
+            self._qat_lr_scale = self._kd_resume.get("qat_lr_scale")
             self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode)
             if self.kd_start.mode == "mimic":
                 n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
