@@ -274,3 +274,41 @@ def test_kd_qat_fine_tune_holds_the_rate_a_stock_run_ends_with(data_yaml, teache
     assert (given.args.warmup_epochs, given.args.lrf, given._qat_lr_scale) == (1.0, 1.0, None)
     plain = KDTrainer(overrides={**common, "quantize": None})
     assert (plain.args.warmup_epochs, plain.args.lrf, plain._qat_lr_scale) == (3.0, 0.01, None)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_kd_qat_resumes_quantized_at_the_same_rate(data_yaml, teacher_pt, tmp_path):
+    """An interrupted KD-QAT run resumes with its quantizers, its frozen-statistics fine-tune and the same learning
+    rate (the QAT rate factor is kept in the checkpoint, since the resumed args no longer say it)."""
+    student = _student_with_data_statistics("yolov9-tiny-shufflev2", data_yaml, tmp_path / "student.pt")
+    lrs = []
+
+    def record(trainer):
+        lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
+
+    def stop(trainer):
+        raise _Stop
+
+    model = YOLO(str(student))
+    model.add_callback("on_train_batch_end", record)
+    model.add_callback("on_model_save", stop)
+    with pytest.raises(_Stop):
+        model.train(
+            trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=2, quantize=8, name="r",
+            project=str(tmp_path), imgsz=IMGSZ, batch=4, nbs=4, workers=0, plots=False, device="cpu", amp=False,
+            val=False, kd_teacher_check=False,
+        )  # fmt: skip
+    last = tmp_path / "r" / "weights" / "last.pt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["kd"]["qat_lr_scale"] == 0.01
+    resumed = YOLO(str(last))
+    resumed.add_callback("on_train_batch_end", record)
+    resumed.train(trainer=KDTrainer, resume=True)
+    trainer = resumed.trainer
+    assert trainer.start_epoch == 1 and is_qat(trainer.model) and trainer._qat_lr_scale == 0.01
+    assert (trainer.args.lrf, trainer.args.warmup_epochs) == (1.0, 0)
+    assert lrs[-1] == pytest.approx(lrs[0])  # a constant rate, before and after the resume
+    assert not any(m.training for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d))
