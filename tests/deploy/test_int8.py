@@ -162,9 +162,35 @@ def test_ptq_export_runs_its_convs_in_int8(name, data_yaml, tmp_path):
     session = ort.InferenceSession(f, options, providers=["CPUExecutionProvider"])
     fused = _ops(tmp_path / "optimized.onnx")
     assert fused["QLinearConv"] > 10 and fused["Conv"] == 3 * 2 + 1, fused  # cv2/cv3 outputs per level, and DFL
+    assert not fused["QLinearAveragePool"] and not fused["AveragePool"], fused  # AConv's pools run as INT8 convs
     x = _images(data_yaml, "val")[:1].numpy()
     out = session.run(None, {"images": x})[0]
     assert out.shape[1] == 4 + len(NAMES) and np.isfinite(out).all()
+
+
+def test_average_pools_become_the_depthwise_convs_they_equal():
+    """Unpadded pools are rewritten and compute the same; a padded pool (not a plain conv) is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 6, "h", "w"])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", 6, f"h{n}", f"w{n}"]) for n in "abc"]
+    nodes = [
+        helper.make_node("AveragePool", ["x"], ["a"], name="/model.3/AveragePool", kernel_shape=[2, 2], strides=[1, 1]),
+        helper.make_node("AveragePool", ["x"], ["b"], name="/model.5/AveragePool", kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("AveragePool", ["x"], ["c"], name="padded", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "pools", [x], outs), opset_imports=[helper.make_opsetid("", 17)])
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert int8.average_pools_as_convs(model) == 2
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Conv", "AveragePool"]
+    assert model.graph.node[0].name.startswith("/model.3/")  # the head's float-node rule still reads the layer
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 6, 9, 11)).astype(np.float32)}
+    for a, b in zip(before.run(None, feed), after.run(None, feed)):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-6)
 
 
 def test_float_nodes_keep_the_decode_and_nothing_else():

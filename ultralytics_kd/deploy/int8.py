@@ -8,7 +8,9 @@
   it fuses into QLinearConv); otherwise it dequantizes and runs the float conv, so the INT8 file ran slower than FP32
   on CPU. The plugin quantizes the whole body, activations and concatenations included, and keeps float exactly what
   Ultralytics' QAT keeps float: the Detect layer outside its Conv blocks (the output convs and the box/score decode,
-  whose pixel and probability ranges one INT8 scale cannot hold).
+  whose pixel and probability ranges one INT8 scale cannot hold). Unpadded average pools (ADown's 2x2, stride 1, in
+  YOLOv9-style students) are first rewritten as the depthwise convs they equal (:func:`average_pools_as_convs`):
+  ONNX Runtime's QLinearAveragePool took 15 % of the RepGELAN student's INT8 time, its QLinearConv kernels are fast.
 - **Quantization-aware training (QAT)**: ``train(quantize=8)`` inserts NVIDIA ModelOpt fake-quantization through
   ``prepare_qat``, which Ultralytics' trainer calls after building the model. :func:`install_int8_hooks` wraps that call
   (stock trainers and ``KDTrainer`` alike) with :func:`prepare_qat`:
@@ -35,6 +37,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,6 +48,7 @@ from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
 
 __all__ = [
     "MODELOPT_HINT",
+    "average_pools_as_convs",
     "export_preflight",
     "float_nodes",
     "install_int8_hooks",
@@ -57,6 +61,7 @@ __all__ = [
 
 PREFIX = colorstr("INT8:")
 MODELOPT_HINT = 'pip install "ultralytics-kd[int8]"'
+UNPADDED = (b"NOTSET", b"VALID")  # ONNX auto_pad values that, with no explicit pads, pad nothing
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
@@ -178,6 +183,48 @@ def float_nodes(graph) -> list[str] | None:
     ]
 
 
+def average_pools_as_convs(model) -> int:
+    """Rewrite each unpadded ``AveragePool`` of an ONNX model as the depthwise ``Conv`` it equals, in place.
+
+    A k x k average without padding is a depthwise conv whose weights are all 1 / (k * k): the outputs are the same in
+    float (the FP32 file is unchanged; only the graph handed to the quantizer is rewritten). Pools with padding or
+    ``ceil_mode``, or whose channel count shape inference cannot tell, are left alone.
+
+    Args:
+        model (onnx.ModelProto): The FP32 model; modified in place.
+
+    Returns:
+        (int): Number of pools rewritten.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = shape_inference.infer_shapes(model).graph
+    channels = {
+        v.name: v.type.tensor_type.shape.dim[1].dim_value
+        for v in [*graph.value_info, *graph.input]
+        if len(v.type.tensor_type.shape.dim) == 4
+    }
+    done = 0
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "AveragePool" or not (c := channels.get(node.input[0], 0)):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if any(attrs.get("pads", [])) or attrs.get("ceil_mode", 0) or attrs.get("auto_pad") not in {None, *UNPADDED}:
+            continue
+        k = list(attrs["kernel_shape"])
+        weight = numpy_helper.from_array(np.full((c, 1, *k), 1.0 / np.prod(k), np.float32), f"{node.name}/weight")
+        model.graph.initializer.append(weight)
+        conv = helper.make_node(
+            "Conv", [node.input[0], weight.name], list(node.output), name=f"{node.name}/as_conv", group=c,
+            kernel_shape=k, strides=list(attrs.get("strides", [1] * len(k))),
+        )  # fmt: skip
+        model.graph.node.remove(node)
+        model.graph.node.insert(i, conv)
+        done += 1
+    return done
+
+
 def onnx_int8_quantize(
     stock, onnx_file, output_file, dataset, transform_fn, input_name: str = "images", prefix: str = ""
 ) -> str:
@@ -189,19 +236,27 @@ def onnx_int8_quantize(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from ultralytics.utils.export.onnx import onnx_calibration_reader
 
-    exclude = float_nodes(onnx.load(str(onnx_file)).graph)
+    model = onnx.load(str(onnx_file))
+    exclude = float_nodes(model.graph)
     if exclude is None:
         return stock(onnx_file, output_file, dataset, transform_fn, input_name=input_name, prefix=prefix)
     LOGGER.info(f"{prefix} quantizing INT8 with ONNX Runtime: the whole body; {len(exclude)} head nodes stay float")
-    quantize_static(
-        str(onnx_file),
-        str(output_file),
-        onnx_calibration_reader(dataset, transform_fn, input_name),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude,
-    )
+    source = Path(output_file).with_suffix(".pools.onnx")  # the rewritten FP32 graph, removed after quantizing
+    if pools := average_pools_as_convs(model):
+        LOGGER.info(f"{prefix} {pools} average pools quantize as the depthwise convs they equal")
+        onnx.save(model, str(source))
+    try:
+        quantize_static(
+            str(source if pools else onnx_file),
+            str(output_file),
+            onnx_calibration_reader(dataset, transform_fn, input_name),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+        )
+    finally:
+        source.unlink(missing_ok=True)
     return str(output_file)
 
 
