@@ -9,12 +9,18 @@
 3. ``onnx``: each plugin YAML in ``ultralytics_kd/cfg/models`` through the stock ``model.export(format="onnx")``, run
    on ONNX Runtime (its CUDA provider where installed) against the fused PyTorch model on the device, TF32 off on both
    sides; differences as ``ultralytics_kd.deploy.measure.parity`` measures them.
+4. ``int8``: Q/DQ INT8 ONNX files (``--int8-onnx``, e.g. the KD-QAT and PTQ files ``benchmarks/int8.py`` writes; by
+   default a PTQ export of each plugin YAML on the synthetic set) on ONNX Runtime's CUDA provider against its CPU
+   provider (the INT8 kernels the CPU figures in docs/BENCHMARKS.md come from): cosine of the raw outputs at or above
+   ``PARITY_COSINE``, and the CUDA latency at batch 1 and 32 beside the FP32 file's where one lies beside it.
+   TensorRT is not in the device image; where it is, build the engine from the same file.
 
 Nothing is downloaded: Ultralytics' AMP self-test, which fetches yolo26n.pt, is patched to pass (AMP itself is what
 this checks). One JSON line per check is appended to ``--out``; the exit code is 1 if a check fails or errors.
 
     python benchmarks/gpu_check.py --device 0
     python benchmarks/gpu_check.py --dry-run-cpu --out /tmp/gpu_check.jsonl  # the same code on CPU, fp32 only
+    python benchmarks/gpu_check.py --device 0 --int8-onnx kdqat.onnx ptq.onnx  # the BCCD INT8 files (carry them)
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="batch size, also the nominal one: one optimizer step a batch (16; 4)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.jsonl"))
     p.add_argument("--dry-run-cpu", action="store_true", help="run every check on the CPU in fp32 (a smoke test)")
+    p.add_argument("--int8-onnx", nargs="*", default=[], help="Q/DQ ONNX files to check (default: PTQ exports)")
     args = p.parse_args(argv)
     cpu = args.dry_run_cpu
     args.steps, args.imgsz = args.steps or (2 if cpu else 10), args.imgsz or (64 if cpu else 320)
@@ -189,6 +196,50 @@ def onnx_row(cfg: Path, args: argparse.Namespace, work: Path) -> dict:
             "providers_available": available, "problems": problems}  # fmt: skip
 
 
+def ptq_export(cfg: Path, args: argparse.Namespace, work: Path, data: Path) -> Path:
+    """A PTQ Q/DQ export (``format=onnx quantize=8``) of one plugin YAML, calibrated on the synthetic set."""
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(cfg))
+    _trained_looking(yolo.model)
+    with contextlib.chdir(work):
+        f = yolo.export(format="onnx", imgsz=args.imgsz, dynamic=True, quantize=8, data=str(data), verbose=False)
+        return Path(f).resolve()
+
+
+def int8_row(f: Path, args: argparse.Namespace) -> dict:
+    """One Q/DQ ONNX file on ONNX Runtime's CUDA provider against its CPU provider; CUDA latency beside FP32's."""
+    import onnxruntime as ort
+    import torch
+
+    from ultralytics_kd.deploy import OnnxRunner
+    from ultralytics_kd.deploy.measure import PARITY_COSINE, parity, time_calls
+
+    available = ort.get_available_providers()
+    cuda = not args.dry_run_cpu and "CUDAExecutionProvider" in available
+    device = [("CUDAExecutionProvider", {"device_id": int(args.device)})] if cuda else []
+    runner, reference = OnnxRunner(f, providers=[*device, "CPUExecutionProvider"]), OnnxRunner(f)
+    imgsz = runner.session.get_inputs()[0].shape[-1]
+    imgsz = imgsz if isinstance(imgsz, int) else args.imgsz
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    diff = parity(runner(x)[0], reference(x)[0], imgsz)
+    row = {"check": "int8", "model": f.name, "ort": ort.__version__, "providers_used": runner.session.get_providers(),
+           **diff, "providers_available": available}  # fmt: skip
+    row["problems"] = [] if diff["cosine"] >= PARITY_COSINE else [f"cosine {diff['cosine']:.5f} < {PARITY_COSINE}"]
+    fp32 = [p for p in (f.with_name(f.name.replace("_int8", "")), f.with_name("fp32.onnx")) if p != f and p.is_file()]
+    if runner.session.get_inputs()[0].shape[0] != 1:  # dynamic batch: time batch 1 and 32
+        runners = {
+            "int8": runner,
+            **({"fp32": OnnxRunner(fp32[0], providers=[*device, "CPUExecutionProvider"])} if fp32 else {}),
+        }
+        for b in (1, 32):
+            ms = time_calls(runners, torch.rand(b, 3, imgsz, imgsz), warmup=3, reps=20)
+            row.update({f"{k}_ms_b{b}": v.median for k, v in ms.items()})
+            if "fp32" in ms:
+                row[f"int8_x_fp32_b{b}"] = ms["fp32"].ratio(ms["int8"])  # > 1: INT8 is faster
+    return row
+
+
 def _emit(row: dict, out: Path, settings: dict) -> dict:
     """Append one check's JSON line (with the run's ``settings``) to ``out`` and print it compactly."""
     import torch
@@ -239,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(emit({**timing, "status": "INFO"}))  # a measurement, nothing to pass
         for cfg in sorted((ROOT / "ultralytics_kd" / "cfg" / "models").glob("*.yaml")):
             rows += [emit(r) for r in [job(onnx_row, cfg, args, work)] if r]
+        files = [Path(f).resolve() for f in args.int8_onnx]
+        if not files:
+            cfgs = sorted((ROOT / "ultralytics_kd" / "cfg" / "models").glob("*.yaml"))
+            files = [f for cfg in cfgs if (f := job(ptq_export, cfg, args, work, data))]
+        for f in files:
+            rows += [emit(r) for r in [job(int8_row, f, args)] if r]
     failed = [r for r in rows if r["status"] in {"FAIL", "ERROR"}]
     print(f"gpu_check: {len(rows) - len(failed)} of {len(rows)} checks passed or informed; results in {out}")
     return 1 if failed else 0

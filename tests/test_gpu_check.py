@@ -21,7 +21,8 @@ def test_dry_run_cpu(tmp_path):
     out = tmp_path / "gpu_check.jsonl"
     assert gpu_check.main(["--dry-run-cpu", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    kd, timing, *onnx = rows
+    kd, timing, *exports = rows
+    onnx, int8 = [r for r in exports if r["check"] == "onnx"], [r for r in exports if r["check"] == "int8"]
     assert kd["check"] == "kd_train" and kd["status"] == "PASS" and kd["precision"] == "fp32"
     assert kd["teacher_dtype"] == "float32" and kd["teacher_device"] == kd["device"] == "cpu" and kd["amp"] is False
     assert kd["kd_losses"] and all(0 < v < 100 for v in kd["kd_losses"].values())
@@ -34,6 +35,10 @@ def test_dry_run_cpu(tmp_path):
     for r in onnx:
         assert r["status"] == "PASS" and r["providers_used"] == ["CPUExecutionProvider"]
         assert r["max_abs"] <= 1e-4 and r["cosine"] > 0.99999 and r["box_px"] > 0  # exported, not the same graph
+    assert len(int8) == len(onnx) and all(r["model"].endswith("_int8.onnx") for r in int8)
+    for r in int8:  # no CUDA here: the CPU provider against itself, so only that the check runs end to end
+        assert r["status"] == "PASS" and r["cosine"] > 0.99999 and r["providers_used"] == ["CPUExecutionProvider"]
+        assert r["int8_ms_b1"] > 0 and r["int8_ms_b32"] > r["int8_ms_b1"]  # timed at both batch sizes
 
 
 def test_kd_verdict_names_each_problem():
