@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bccd" / "data.yaml"))
     p.add_argument("--teacher", default=str(ROOT.parent / "shared" / "teachers" / "bccd-yolov9s-320.pt"))
     p.add_argument("--imgsz", type=int, default=320)
-    p.add_argument("--epochs", type=int, default=3, help="QAT and KD-QAT fine-tune epochs")
+    p.add_argument("--epochs", type=int, default=10, help="QAT and KD-QAT fine-tune epochs")
     p.add_argument("--optimizer", default="AdamW")
     p.add_argument("--lr0", type=float, default=1.4e-5, help="constant learning rate of both fine-tunes")
     p.add_argument("--batch", type=int, default=16, help="fine-tune batch size")

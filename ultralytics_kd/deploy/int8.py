@@ -31,7 +31,7 @@ Examples:
     >>> import ultralytics_kd  # installs the hooks
     >>> YOLO("best.pt").export(format="onnx", quantize=8, data="data.yaml")  # PTQ, ONNX Runtime
     >>> from ultralytics_kd import KDTrainer
-    >>> YOLO("best.pt").train(trainer=KDTrainer, teacher="teacher.pt", data="data.yaml", quantize=8, epochs=3)
+    >>> YOLO("best.pt").train(trainer=KDTrainer, teacher="teacher.pt", data="data.yaml", quantize=8, epochs=10)
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def prepare_qat(stock, model: nn.Module, dataloader, preprocess, batches: int = 
         raise ValueError(
             "quantize=8 fine-tunes a trained student, and this one has never been trained (its BatchNorm statistics "
             "are the initial ones, so the calibrated INT8 ranges would clip every activation). Train it in FP32 first, "
-            "then fine-tune: yolo-kd train model=runs/detect/train/weights/best.pt data=... quantize=8 epochs=5"
+            "then fine-tune: yolo-kd train model=runs/detect/train/weights/best.pt data=... quantize=8 epochs=10"
         )
     n_images = len(getattr(dataloader, "dataset", ()))
     if len(dataloader) < batches:

@@ -273,7 +273,7 @@ class KDTrainer(DetectionTrainer):
             raise ValueError(
                 "quantize=8 fine-tunes a trained student, and this one would start with a mimic stage (it has no "
                 "weights of its own). Distil it in FP32 first, then fine-tune with the teacher: yolo-kd train "
-                "model=runs/detect/train/weights/best.pt teacher=... data=... quantize=8 epochs=5"
+                "model=runs/detect/train/weights/best.pt teacher=... data=... quantize=8 epochs=10"
             )
         if self.kd_stage:  # the imitation term is the whole loss of the stage's epochs
             terms = [self.kd_stage.term, *terms]
