@@ -256,7 +256,8 @@ def onnx_int8_quantize(
             nodes_to_exclude=exclude,
         )
     finally:
-        source.unlink(missing_ok=True)
+        if pools:
+            source.unlink(missing_ok=True)
     return str(output_file)
 
 
