@@ -10,7 +10,7 @@
   Ultralytics' QAT keeps float: the Detect layer outside its Conv blocks (the output convs and the box/score decode,
   whose pixel and probability ranges one INT8 scale cannot hold). Unpadded average pools (ADown's 2x2, stride 1, in
   YOLOv9-style students) are first rewritten as the depthwise convs they equal (:func:`average_pools_as_convs`):
-  ONNX Runtime's QLinearAveragePool took 15 % of the RepGELAN student's INT8 time, its QLinearConv kernels are fast.
+  ONNX Runtime's QLinearAveragePool was among the RepGELAN student's costliest INT8 kernels; its QLinearConv is fast.
 - **Quantization-aware training (QAT)**: ``train(quantize=8)`` inserts NVIDIA ModelOpt fake-quantization through
   ``prepare_qat``, which Ultralytics' trainer calls after building the model. :func:`install_int8_hooks` wraps that call
   (stock trainers and ``KDTrainer`` alike) with :func:`prepare_qat`:
