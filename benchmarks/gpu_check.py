@@ -288,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += [emit(v) for p, r in runs.items() if r and (v := job(kd_verdict, p, r, plain))]
         if plain and runs["fp32"] and (timing := job(timing_row, plain, runs["fp32"], args, teacher)):
             rows.append(emit({**timing, "status": "INFO"}))  # a measurement, nothing to pass
-        for cfg in sorted((ROOT / "ultralytics_kd" / "cfg" / "models").glob("*.yaml")):
+        cfgs = sorted((ROOT / "ultralytics_kd" / "cfg" / "models").glob("*.yaml"))
+        for cfg in cfgs:
             rows += [emit(r) for r in [job(onnx_row, cfg, args, work)] if r]
         files = [Path(f).resolve() for f in args.int8_onnx]
         if not files:
-            cfgs = sorted((ROOT / "ultralytics_kd" / "cfg" / "models").glob("*.yaml"))
             files = [f for cfg in cfgs if (f := job(ptq_export, cfg, args, work, data))]
         for f in files:
             rows += [emit(r) for r in [job(int8_row, f, args)] if r]
