@@ -210,7 +210,7 @@ def average_pools_as_convs(model) -> int:
         if node.op_type != "AveragePool" or not (c := channels.get(node.input[0], 0)):
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if any(attrs.get("pads", [])) or attrs.get("ceil_mode", 0) or attrs.get("auto_pad") not in {None, *UNPADDED}:
+        if any(attrs.get("pads", [])) or attrs.get("ceil_mode", 0) or attrs.get("auto_pad", b"NOTSET") not in UNPADDED:
             continue
         k = list(attrs["kernel_shape"])
         weight = numpy_helper.from_array(np.full((c, 1, *k), 1.0 / np.prod(k), np.float32), f"{node.name}/weight")
