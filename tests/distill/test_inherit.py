@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
-from ultralytics_kd.distill.inherit import inherit_problem, select_weights, uniform_index
+from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_graft, select_weights, uniform_index
 
 
 def test_uniform_index_is_evenly_spaced_and_keeps_chunks_paired():
@@ -59,3 +61,40 @@ def test_other_layouts_are_refused_with_the_reason():
     assert inherit_problem(wide, t) is not None
     with pytest.raises(ValueError, match="cannot initialise this student"):
         select_weights(DetectionModel("yolov9t.yaml", nc=3, verbose=False), t)
+
+
+ELAN = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-elan.yaml")
+SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+
+
+def test_graft_aligns_neck_and_head_from_the_detect_end():
+    """The ShuffleV2 student with YOLOv9-t's neck and head, under YOLOv9-s: its layers 8-20 are the teacher's 10-22,
+    fed by its backbone layers 5, 6, 7 where the teacher's neck reads 4, 6, 9. select_graft fills exactly those layers
+    by uniform selection and leaves the backbone as built."""
+    import ultralytics_kd  # noqa: F401  (registers the ShuffleV2 block)
+
+    t = DetectionModel("yolov9s.yaml", nc=3, verbose=False)
+    s = DetectionModel(ELAN, nc=3, verbose=False)
+    graft, why = Graft.of(s, layout(t), t.state_dict())
+    assert why is None and graft == Graft(start=8, offset=2, entries=((5, 4), (6, 6), (7, 9)))
+    before = {k: v.clone() for k, v in s.state_dict().items()}
+    n = select_graft(s, t, graft)
+    ts = t.state_dict()
+    grafted = [k for k in before if int(k.split(".")[1]) >= 8]
+    assert n == len(grafted) > 0
+    for k, v in s.state_dict().items():
+        j = int(k.split(".")[1])
+        if j < 8:
+            assert torch.equal(v, before[k]), k
+            continue
+        expected = ts[".".join(["model", str(j + 2), *k.split(".")[2:]])]
+        for d, size in enumerate(v.shape):
+            expected = expected.index_select(d, uniform_index(size, expected.shape[d]))
+        assert torch.equal(v, expected), k
+    # other pairs say why not
+    assert Graft.of(DetectionModel(SHUFFLE, nc=3, verbose=False), layout(t), ts)[1] == (
+        "no layer before the Detect head has the teacher's layout"
+    )
+    assert Graft.of(DetectionModel("yolov9t.yaml", nc=3, verbose=False), layout(t), ts)[1] == (
+        "the whole student has the teacher's layout"
+    )

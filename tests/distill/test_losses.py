@@ -229,3 +229,23 @@ def test_registry_rejects_columns_results_png_would_not_plot():
     with pytest.raises(ValueError, match="must contain 'loss'"):
         register_term(Fake)
     assert all("loss" in t.item and len(t.item) <= 10 for t in TERMS.values())
+
+
+def test_entry_mimic_known_value_and_gradient():
+    """Student channel k of a level targets teacher channel uniform_index(k), error divided by that channel's std over
+    the batch (floored at a tenth of the level's mean std); the mean over elements, then over levels."""
+    from ultralytics_kd.distill.losses.mimic import EntryMimic
+
+    t = torch.zeros(2, 4, 1, 1)
+    t[:, 0, 0, 0] = torch.tensor([1.0, 3.0])  # std sqrt(2); selected as student channel 0
+    t[:, 1] = 9.0  # not selected (4 -> 2 takes channels 0 and 2)
+    t[:, 2, 0, 0] = torch.tensor([0.0, 0.02])  # std 0.0141, floored to 0.1 * mean(sqrt(2), 0.0141) = 0.0714
+    s = torch.zeros(2, 2, 1, 1, requires_grad=True)
+    teacher = t.clone().requires_grad_(True)
+    loss = EntryMimic(weight=2.0)([s], [teacher])
+    floor = 0.1 * (math.sqrt(2) + math.sqrt(2) * 0.01) / 2
+    expected = 2.0 * ((1 + 9) / 2 + 0.02**2 / floor**2) / 4  # (channel 0 sum + channel 1 sum) / 4 elements
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert s.grad.abs().sum() > 0 and teacher.grad is None
+    assert float(EntryMimic()([t[:, ::2]], [t])) == 0.0

@@ -1,4 +1,4 @@
-"""Start strategies: ``choose_start`` picks select, mimic or none per pair and run, and refuses what cannot be done."""
+"""Start strategies: ``choose_start`` picks select, graft, mimic or none per pair and run; it refuses the impossible."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ultralytics_kd.distill.stage import MimicStage
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 
 SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+ELAN = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-elan.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,30 @@ def test_take_selects_or_returns_the_stage(teacher):
     parts = TeacherParts.of(teacher, "auto")
     stage = start.take(student, parts)
     assert isinstance(stage, MimicStage) and stage.epochs == 2 and stage.teacher_head is parts.head
+
+
+def test_a_student_with_the_teachers_neck_and_head_is_grafted():
+    """Under YOLOv9-s, auto grafts the ShuffleV2 student with YOLOv9-t's neck and head (nothing to select as a whole);
+    the ShuffleV2 student with its own neck falls through to the head transplant; kd_init=graft refuses it."""
+    v9s = DetectionModel("yolov9s.yaml", nc=2, verbose=False)
+    start, student = _choose("auto", ELAN, v9s, epochs=8)
+    assert (start.mode, start.stage_epochs, start.graft.start, start.graft.entries) == (
+        "graft",
+        2,
+        8,
+        ((5, 4), (6, 6), (7, 9)),
+    )
+    assert start.no_select == inherit_problem(student, v9s)
+    parts = TeacherParts.of(v9s, "auto")
+    stage = start.take(student, parts)
+    assert isinstance(stage, MimicStage) and stage.graft == start.graft and stage.teacher_state is parts.state
+    assert stage.term.name == "graft" and stage.term.source == "entries"
+    start, _ = _choose("auto", SHUFFLE, v9s)
+    assert start.mode == "mimic" and start.no_graft == "no layer before the Detect head has the teacher's layout"
+    assert _choose("auto", ELAN, v9s, has_weights=True)[0] == Start("none", "auto", kept=True)  # never re-initialised
+    with pytest.raises(ValueError, match="but the whole student has the teacher's layout"):  # kd_init=select's case
+        _choose("graft", "yolov9t.yaml", v9s)
+    with pytest.raises(ValueError, match="kd_init=graft trains the student's backbone .* no layer before"):
+        _choose("graft", SHUFFLE, v9s)
+    with pytest.raises(ValueError, match="leaving none to train the detector"):
+        _choose("graft", ELAN, v9s, kd_mimic_epochs=2, epochs=2)

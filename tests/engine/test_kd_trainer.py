@@ -19,6 +19,7 @@ from ultralytics_kd import KDTrainer
 from ultralytics_kd.distill.settings import kd_args
 
 SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
+ELAN = SHUFFLE.with_name("yolov9-tiny-shufflev2-elan.yaml")
 ALL_TERMS = "cls_bce+cls_kl+ld+box+feat_mse+cwd+sl2+crosskd"
 KD_COLUMNS = [
     "kdcls_loss",
@@ -649,6 +650,72 @@ def test_mimic_stage_then_head_transplant(data_yaml, teacher_pt, tiny, tmp_path)
     # each stage has a schedule of its own: epoch 2 (a stage too short to warm up) restarts at lr0, not at lf(1)
     group = trainer.optimizer.param_groups[0]
     assert trainer.lf(1) == 1.0 and group["lr"] == pytest.approx(group["initial_lr"])
+
+
+class GraftSpy(KDTrainer):
+    """Records per step the gradients of the grafted layers and of the backbone, and the student at the graft."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grads, self.graft = [], {}
+
+    def optimizer_step(self):
+        start = self.kd_stage.graft.start
+
+        def grad(layers):
+            return sum(float(p.grad.abs().sum()) for m in layers for p in m.parameters() if p.grad is not None)
+
+        self.grads.append((self.epoch, grad(self.model.model[start:]), grad(self.model.model[:start])))
+        super().optimizer_step()
+
+    def _kd_transplant(self):
+        backbone = {k: v.clone() for k, v in self.model.state_dict().items() if int(k.split(".")[1]) < 8}
+        super()._kd_transplant()
+        self.graft = {
+            "epoch": self.epoch,
+            "backbone": backbone,
+            "model": {k: v.clone() for k, v in self.model.state_dict().items()},
+            "ema": {k: v.clone() for k, v in self.ema.ema.state_dict().items()},
+            "optimizer_state": len(self.optimizer.state),
+        }
+
+
+def test_graft_stage_then_the_teachers_neck_and_head(data_yaml, tiny, tmp_path, untrained):
+    """The ShuffleV2 student with YOLOv9-t's neck and head under a YOLOv9-s teacher: with the default recipe, epoch 1
+    trains only its backbone to reproduce the teacher's backbone outputs (no gradient reaches layers 8-20), then those
+    layers take a uniform selection of the teacher's 10-22, the backbone is kept, and training goes on without terms."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from ultralytics_kd.distill.inherit import uniform_index
+
+    teacher = untrained("yolov9s.yaml", tmp_path / "v9s.pt")
+    model = YOLO(ELAN)
+    model.train(
+        trainer=GraftSpy, teacher=str(teacher), data=str(data_yaml), epochs=2, kd_teacher_check=False,
+        project=str(tmp_path), name="g", **tiny,
+    )  # fmt: skip
+    trainer = model.trainer
+    assert trainer.kd_start.mode == "graft" and [t.name for t in trainer.kd_terms] == ["graft"]
+    rows = _csv(trainer.csv)
+    assert float(rows[0]["train/kdgraft_loss"]) > 0 and float(rows[1]["train/kdgraft_loss"]) == 0
+    stage = [g for g in trainer.grads if g[0] == 0]
+    assert stage and all(grafted == 0 and backbone > 0 for _, grafted, backbone in stage)
+    assert all(grafted > 0 for e, grafted, _ in trainer.grads if e == 1)
+    g = trainer.graft
+    assert g["epoch"] == 1 and g["optimizer_state"] == 0
+    ts = load_checkpoint(str(teacher))[0].float().state_dict()
+    for k, v in g["model"].items():
+        j = int(k.split(".")[1])
+        if j < 8:
+            assert torch.equal(v, g["backbone"][k]), k
+            continue
+        expected = ts[".".join(["model", str(j + 2), *k.split(".")[2:]])]
+        for d, n in enumerate(v.shape):
+            expected = expected.index_select(d, uniform_index(n, expected.shape[d]))
+        torch.testing.assert_close(v, expected.to(v.dtype), msg=k)
+    assert all(torch.equal(v, g["model"][k]) for k, v in g["ema"].items())
+    kd = torch.load(trainer.last, map_location="cpu", weights_only=False)["kd"]
+    assert kd["graft"] and kd["mimic"] and kd["transplanted"]
 
 
 def test_each_stage_warms_up_like_a_run_of_its_length():

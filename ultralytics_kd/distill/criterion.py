@@ -43,8 +43,10 @@ class KDBatch:
         index (int): Batch index within the epoch, for error messages.
         student_recorder (FeatureRecorder | None): Hooks on the student's custom feature layers, or None to use the
             Detect head's inputs.
-        mimic (bool): A feature-mimicking batch (``kd_init=mimic``): only the ``"mimic"``-stage terms train, the
-            detection loss and every other term weigh 0.
+        mimic (bool): A feature-mimicking batch (``kd_init=mimic`` or ``graft``): only the ``"mimic"``-stage terms
+            train, the detection loss and every other term weigh 0.
+        entry_recorder (FeatureRecorder | None): Hooks on the student's backbone outputs during a graft's stage, read
+            by the ``"entries"`` terms; the teacher's are under ``teacher["entries"]``.
     """
 
     teacher: dict[str, Any] | None
@@ -53,6 +55,7 @@ class KDBatch:
     index: int = 0
     student_recorder: FeatureRecorder | None = None
     mimic: bool = False
+    entry_recorder: FeatureRecorder | None = None
 
 
 class TeacherAssigner(nn.Module):
@@ -119,8 +122,9 @@ class _KDTerms:
         bs = preds["scores"].shape[0]
         kd: KDBatch | None = batch.get("kd")
         if kd is None or kd.teacher is None or not len(self.terms):
-            if kd is not None and kd.student_recorder is not None:
-                kd.student_recorder.stop()
+            for rec in (kd.student_recorder, kd.entry_recorder) if kd is not None else ():
+                if rec is not None:
+                    rec.stop()
             kd_vec = det.new_zeros(len(self.terms))
         else:
             kd_vec = self._terms(preds, kd, det_per_image=det.detach().sum() / bs)
@@ -131,7 +135,8 @@ class _KDTerms:
     def _terms(self, preds: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor) -> torch.Tensor:
         """Evaluate every term in fp32 and apply schedule and cap."""
         feats = kd.student_recorder.pop() if kd.student_recorder is not None else preds["feats"]
-        student = {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats}
+        entries = kd.entry_recorder.pop() if kd.entry_recorder is not None else None
+        student = {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats, "entries": entries}
         teacher = kd.teacher
         with torch.autocast(preds["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
             conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability

@@ -8,16 +8,21 @@ evenly spaced (rather than first-k) indices keep that true across concatenations
 shrink together. The result is a starting point, not a copy of the teacher's function (each output now sums over
 fewer inputs); training then adapts every tensor as usual.
 
-Cross-family pairs (different layers, e.g. a ShuffleV2 student) have nothing to select from; ``inherit_problem`` says
-why so the trainer can skip or refuse.
+Cross-family pairs (different layers, e.g. a ShuffleV2 student) have nothing to select from as a whole;
+``inherit_problem`` says why so the trainer can skip or refuse. A student whose last layers (neck and head) have the
+teacher's layout under a backbone of another family can still take those layers: ``Graft.of`` aligns the two models
+from the Detect end, finds where the shared layout starts and which backbone outputs (``entries``) feed it, and
+``select_graft`` fills that part by the same uniform selection.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-__all__ = ["inherit_problem", "select_weights", "uniform_index"]
+__all__ = ["Graft", "inherit_problem", "layout", "select_graft", "select_weights", "uniform_index"]
 
 
 def uniform_index(n_student: int, n_teacher: int) -> torch.Tensor:
@@ -75,9 +80,131 @@ def select_weights(student: nn.Module, teacher: nn.Module | dict[str, torch.Tens
         raise ValueError(f"the teacher's weights cannot initialise this student: {why}")
     t = _state(teacher)
     for k, v in student.state_dict().items():
-        w = t[k]
-        for d, n in enumerate(v.shape):
-            if n != w.shape[d]:
-                w = w.index_select(d, uniform_index(n, w.shape[d]).to(w.device))
-        v.copy_(w)  # state_dict tensors share storage with the parameters; copy_ also casts fp16 teachers
+        _select_into(v, t[k])
     return len(student.state_dict())
+
+
+def _select_into(v: torch.Tensor, w: torch.Tensor) -> None:
+    """Copy into ``v`` the evenly spaced elements of the larger ``w`` along every dimension where they differ."""
+    for d, n in enumerate(v.shape):
+        if n != w.shape[d]:
+            w = w.index_select(d, uniform_index(n, w.shape[d]).to(w.device))
+    v.copy_(w)  # state_dict tensors share storage with the parameters; copy_ also casts fp16 teachers
+
+
+def layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """Each layer of an Ultralytics model as (class name, absolute indices of the layers it reads)."""
+    out = []
+    for j, m in enumerate(model.model):
+        f = m.f if isinstance(m.f, (list, tuple)) else [m.f]
+        out.append((type(m).__name__, tuple(x if x >= 0 else j + x for x in f)))
+    return out
+
+
+def _layer_state(state: dict[str, torch.Tensor], j: int) -> dict[str, torch.Tensor]:
+    prefix = f"model.{j}."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _layer_fits(s: dict[str, torch.Tensor], t: dict[str, torch.Tensor]) -> bool:
+    """Every tensor of a student layer has a teacher tensor of the same name and rank, no smaller, and conv kernels of
+    the same size (a 1x1 kernel is not a selection of a 3x3 one)."""
+    return all(
+        k in t
+        and v.dim() == t[k].dim()
+        and all(a <= b for a, b in zip(v.shape, t[k].shape))
+        and (v.dim() != 4 or v.shape[2:] == t[k].shape[2:])
+        for k, v in s.items()
+    )
+
+
+@dataclass(frozen=True)
+class Graft:
+    """The student's layers from ``start`` on have the teacher's layout, ``offset`` layers earlier than the teacher's.
+
+    Attributes:
+        start (int): First student layer of the shared part (the neck); the backbone is everything before it.
+        offset (int): Teacher layer index minus student layer index within the shared part.
+        entries (tuple[tuple[int, int], ...]): (student layer, teacher layer) pairs of the backbone outputs that the
+            shared part reads: what the student's backbone must reproduce for the selected layers to work.
+    """
+
+    start: int
+    offset: int
+    entries: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(
+        cls, student: nn.Module, teacher_layout: list[tuple[str, tuple[int, ...]]], teacher_state: dict
+    ) -> tuple[Graft | None, str | None]:
+        """Align ``student`` with the teacher from the Detect end; return the graft, or None and the reason.
+
+        Args:
+            student (nn.Module): The student as built (an Ultralytics model).
+            teacher_layout (list): ``layout(teacher)``.
+            teacher_state (dict[str, torch.Tensor]): The teacher's unfused state dict.
+
+        Returns:
+            (tuple[Graft | None, str | None]): The graft and None, or None and a one-line reason. A graft takes the
+                whole head section of the student's YAML (neck and Detect) at least, so what imitates the teacher is
+                its backbone.
+        """
+        s_layout, s_state = layout(student), student.state_dict()
+        offset = len(teacher_layout) - len(s_layout)
+        if offset < 0:
+            return None, f"the student has more layers ({len(s_layout)}) than the teacher ({len(teacher_layout)})"
+        start = len(s_layout)
+        for j in reversed(range(len(s_layout))):
+            k = j + offset
+            same = s_layout[j][0] == teacher_layout[k][0] and len(s_layout[j][1]) == len(teacher_layout[k][1])
+            if not same or not _layer_fits(_layer_state(s_state, j), _layer_state(teacher_state, k)):
+                break
+            start = j
+        if start > len(s_layout) - 2:
+            return None, "no layer before the Detect head has the teacher's layout"
+        if start == 0:
+            return None, "the whole student has the teacher's layout"
+        head = len(getattr(student, "yaml", {}).get("backbone", ())) or start  # first layer of the YAML's head section
+        if start > head:
+            return (
+                None,
+                f"only its layers {start}-{len(s_layout) - 1} have the teacher's layout, not all from {head} on",
+            )
+        entries = {}
+        for j in range(start, len(s_layout)):
+            for a, b in zip(s_layout[j][1], teacher_layout[j + offset][1]):
+                if a >= start and a + offset != b:
+                    return None, f"student layer {j} reads layer {a}, but the teacher's layer {j + offset} reads {b}"
+                if a < start and entries.setdefault(a, b) != b:
+                    return None, f"student layer {a} feeds teacher layers {entries[a]} and {b} in the two layouts"
+        return cls(start, offset, tuple(sorted(entries.items()))), None
+
+    def describe(self, n_layers: int) -> str:
+        """E.g. "layers 8-20 (the teacher's 10-22), fed by backbone layers 5, 6, 7 (the teacher's 4, 6, 9)"."""
+        last = n_layers - 1
+        s, t = zip(*self.entries)
+        return (
+            f"layers {self.start}-{last} (the teacher's {self.start + self.offset}-{last + self.offset}), fed by "
+            f"backbone layers {', '.join(map(str, s))} (the teacher's {', '.join(map(str, t))})"
+        )
+
+
+@torch.no_grad()
+def select_graft(student: nn.Module, teacher: nn.Module | dict[str, torch.Tensor], graft: Graft) -> int:
+    """Fill the student's layers from ``graft.start`` on with a uniform selection of the teacher's matching layers.
+
+    Args:
+        student (nn.Module): The student; its backbone (layers before ``graft.start``) is left as it is.
+        teacher (nn.Module | dict[str, torch.Tensor]): The unfused teacher, or its state dict; not modified.
+        graft (Graft): From ``Graft.of`` for this pair.
+
+    Returns:
+        (int): Number of tensors filled.
+    """
+    t, n = _state(teacher), 0
+    for k, v in student.state_dict().items():
+        parts = k.split(".")
+        if parts[0] == "model" and parts[1].isdigit() and int(parts[1]) >= graft.start:
+            _select_into(v, t[".".join(["model", str(int(parts[1]) + graft.offset), *parts[2:]])])
+            n += 1
+    return n

@@ -18,7 +18,7 @@ __all__ = ["INIT_MODES", "KD_CFG_PATH", "KD_DEFAULTS", "KD_KEYS", "check_kd_args
 KD_CFG_PATH = Path(__file__).resolve().parents[1] / "cfg" / "kd.yaml"
 KD_DEFAULTS: dict[str, Any] = YAML.load(KD_CFG_PATH)
 KD_KEYS = frozenset(KD_DEFAULTS)
-INIT_MODES = ("auto", "select", "mimic", "none")  # kd_init: see distill/inherit.py and distill/transplant.py
+INIT_MODES = ("auto", "select", "graft", "mimic", "none")  # kd_init: see distill/inherit.py and distill/transplant.py
 
 
 def kd_args(args: Any) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """The mimic stage of ``kd_init=mimic``: imitate the teacher's features for a few epochs, then take its head.
 
+``kd_init=graft`` runs the same stage for a student whose neck and head have the teacher's layout (``inherit.Graft``):
+its backbone outputs imitate the teacher's directly (``EntryMimic``), and at the end the neck and head take a uniform
+selection of the teacher's.
+
 For its first epochs the run trains only the student's Detect inputs to imitate the teacher's through 1x1 adapters
 (``FeatureMimic`` is the whole loss); at the first batch after them the student takes the teacher's head read through
 those adapters (``transplant.transplant_head``) and trains on as a new run would. ``MimicStage`` holds all of it: the
@@ -18,13 +22,19 @@ from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.torch_utils import one_cycle, unwrap_model
 
-from ultralytics_kd.distill.losses.mimic import FeatureMimic
+from ultralytics_kd.distill.inherit import Graft, select_graft
+from ultralytics_kd.distill.losses.mimic import EntryMimic, FeatureMimic
 from ultralytics_kd.distill.transplant import transplant_head
 
 __all__ = ["NO_STAGE_STATE", "MimicStage", "mimic_epochs", "mimic_problem"]
 
 PREFIX = colorstr("KD:")
-NO_STAGE_STATE = {"mimic": False, "transplanted": False, "mimic_stats": None}  # a run without a stage, in checkpoints
+NO_STAGE_STATE = {
+    "mimic": False,
+    "graft": False,
+    "transplanted": False,
+    "mimic_stats": None,
+}  # a run without a stage, in checkpoints
 
 
 def mimic_epochs(value: float, epochs: int) -> int:
@@ -58,9 +68,13 @@ class MimicStage:
     Args:
         epochs (int): Length of the stage in epochs.
         teacher_head (nn.Module, optional): Float copy of the teacher's unfused Detect head, for the transplant.
+        graft (Graft, optional): For a graft: which student layers take the teacher's, and which backbone outputs
+            imitate which teacher layers. The stage then needs ``teacher_state`` instead of ``teacher_head``.
+        teacher_state (dict[str, torch.Tensor], optional): The teacher's unfused state dict, for a graft.
 
     Attributes:
-        term (FeatureMimic): The imitation loss, whose teacher statistics the transplant reads.
+        term (FeatureMimic | EntryMimic): The imitation loss (of the Detect inputs through adapters, or for a graft of
+            the backbone outputs directly).
         transplanted (bool): The stage is over and the student has the teacher's head.
 
     Examples:
@@ -72,10 +86,17 @@ class MimicStage:
         (1.0, 1.0)
     """
 
-    def __init__(self, epochs: int, teacher_head: nn.Module | None = None):
-        """Plan a stage of ``epochs`` epochs that hands over ``teacher_head`` when it ends."""
+    def __init__(
+        self,
+        epochs: int,
+        teacher_head: nn.Module | None = None,
+        graft: Graft | None = None,
+        teacher_state: dict[str, torch.Tensor] | None = None,
+    ):
+        """Plan a stage of ``epochs`` epochs that hands over ``teacher_head`` (or for a graft, the teacher's layers)."""
         self.epochs, self.teacher_head = epochs, teacher_head
-        self.term = FeatureMimic()
+        self.graft, self.teacher_state = graft, teacher_state
+        self.term = EntryMimic() if graft else FeatureMimic()
         self.transplanted = False
 
     def active(self, epoch: int) -> bool:
@@ -129,7 +150,8 @@ class MimicStage:
 
     # transplant -------------------------------------------------------------------------------------------------------
     def transplant(self, trainer: Any) -> None:
-        """End the stage: give the student the teacher's head read through the mimic adapters.
+        """End the stage: give the student the teacher's head read through the mimic adapters (or for a graft, a
+        selection of the teacher's layers).
 
         The EMA and the optimizer state restart, as in a new run: moments gathered on the imitation loss would set the
         step sizes of the detection loss for the rest of the run (Adam's second moments decay over about 1000 steps; a
@@ -140,32 +162,40 @@ class MimicStage:
             trainer (KDTrainer): The trainer whose student takes the head, read through ``kd_connectors["mimic"]``.
         """
         model = unwrap_model(trainer.model)
-        adapters = trainer.kd_connectors[self.term.name]
-        was_training = adapters.training
-        adapters.eval()
-        transplant_head(model.model[-1], self.teacher_head.to(trainer.device), adapters, self.term.mean, self.term.std)
-        adapters.train(was_training)
-        head = model.model[-1]
+        if self.graft:
+            select_graft(model, self.teacher_state, self.graft)
+            taken = [model.model[j] for j in range(self.graft.start, len(model.model))]
+            a, b = self.graft.start, len(model.model) - 1
+            what = f"a selection of the teacher's layers {a + self.graft.offset}-{b + self.graft.offset} as {a}-{b}"
+        else:
+            adapters = trainer.kd_connectors[self.term.name]
+            was_training = adapters.training
+            adapters.eval()
+            head = self.teacher_head.to(trainer.device)
+            transplant_head(model.model[-1], head, adapters, self.term.mean, self.term.std)
+            adapters.train(was_training)
+            taken, what = [model.model[-1]], "the teacher's head"
         if trainer.world_size > 1:
-            for v in head.state_dict().values():
+            for v in nn.ModuleList(taken).state_dict().values():
                 dist.broadcast(v, 0)
         if trainer.ema:  # the EMA starts afresh from the new student, as in a new run
             trainer.ema.ema.load_state_dict(model.state_dict())
             trainer.ema.updates = 0
         trainer.optimizer.state.clear()
         trainer.accumulate = max(round(trainer.args.nbs / trainer.batch_size), 1)
-        self.transplanted, self.teacher_head = True, None
-        LOGGER.info(f"{PREFIX} epoch {trainer.epoch + 1}: mimic stage over, the student takes the teacher's head")
+        self.transplanted, self.teacher_head, self.teacher_state = True, None, None
+        LOGGER.info(f"{PREFIX} epoch {trainer.epoch + 1}: mimic stage over, the student takes {what}")
 
     # checkpoints ------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the stage (``NO_STAGE_STATE`` has the same keys for a run without one)."""
-        return {"mimic": True, "transplanted": self.transplanted, "mimic_stats": self.term.stats()}
+        stats = self.term.stats() if isinstance(self.term, FeatureMimic) else None
+        return {"mimic": True, "graft": self.graft is not None, "transplanted": self.transplanted, "mimic_stats": stats}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
         """Resume from ``state_dict``: whether the head was handed over, and the teacher statistics on ``device``."""
         self.transplanted = bool(state.get("transplanted", False))
         if self.transplanted:  # nothing left to hand over
-            self.teacher_head = None
-        if state.get("mimic_stats"):
+            self.teacher_head = self.teacher_state = None
+        if state.get("mimic_stats") and isinstance(self.term, FeatureMimic):
             self.term.load_stats(state["mimic_stats"], device)

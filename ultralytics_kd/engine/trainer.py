@@ -182,6 +182,7 @@ class KDTrainer(DetectionTrainer):
         self._kd_resume, self._kd_batch = None, 0
         self.kd_start, self.kd_stage = Start(init=self._kd_init_mode), None
         self._kd_student_rec = self._kd_teacher_rec = None
+        self._kd_entry_recs = (None, None)  # student and teacher recorders of a graft stage's backbone outputs
         for event, callback in _CALLBACKS.items():
             if callback not in self.callbacks[event]:  # DDP workers get the launcher's callbacks with it
                 self.add_callback(event, callback)
@@ -230,16 +231,16 @@ class KDTrainer(DetectionTrainer):
         self._kd_resume = (ckpt or {}).get("kd") if self.resume else None
         if self._kd_resume:  # the student loads its own weights now; how it started is in the checkpoint
             self._qat_lr_scale = self._kd_resume.get("qat_lr_scale")
-            self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode)
-            if self.kd_start.mode == "mimic":
-                n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
-                self.kd_stage = MimicStage(n, self._kd_teacher_parts.head)
+            n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
+            parts = self._kd_teacher_parts
+            self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode, self.model, parts, n)
+            self.kd_stage = parts.stage(self.kd_start)
+            if self.kd_stage:
                 self.kd_stage.load_state_dict(self._kd_resume, self.device)
         start = self.model.__dict__.pop("kd_start", None)  # off the student, so that no checkpoint carries it
         if start is not None and start is not self.kd_start:  # a DDP worker: take the launcher's decision
             self.kd_start = start
-            if start.mode == "mimic":
-                self.kd_stage = MimicStage(start.stage_epochs, self._kd_teacher_parts.head)
+            self.kd_stage = self._kd_teacher_parts.stage(start)
         return ckpt
 
     def set_model_attributes(self):
@@ -282,6 +283,9 @@ class KDTrainer(DetectionTrainer):
             self._build_feature_side(student, terms)
         if self._kd_resume and self._kd_resume.get("connectors"):
             self.kd_connectors.load_state_dict(self._kd_resume["connectors"])
+        if self.kd_stage and self.kd_stage.graft:  # the backbone outputs that the grafted layers read, on both sides
+            s_layers, t_layers = zip(*self.kd_stage.graft.entries)
+            self._kd_entry_recs = FeatureRecorder(student, s_layers), FeatureRecorder(self.teacher.model, t_layers)
         LOGGER.info(
             f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, terms ["
             + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
@@ -302,7 +306,12 @@ class KDTrainer(DetectionTrainer):
         if a.kd_weights is not None:
             LOGGER.info(f"{PREFIX} kd_recipe={a.kd_recipe} keeps its own terms: kd_weights sets their weights")
             return recipe
-        how = "inherited the teacher's weights" if self.kd_inherited else "takes the teacher's head after mimicking"
+        how = (
+            "inherited the teacher's weights"
+            if self.kd_inherited
+            else f"takes {'a selection of the teacher neck and head' if self.kd_stage.graft else 'the teacher head'} "
+            f"after the stage"
+        )
         LOGGER.info(f"{PREFIX} the student {how}: kd_recipe={a.kd_recipe} trains with the terms of '{other}'")
         return get_recipe(other)
 
@@ -465,15 +474,19 @@ class KDTrainer(DetectionTrainer):
                 self.epoch + i / max(len(self.train_loader), 1), self.epochs, a.kd_warmup, a.kd_decay, off_from
             )
         active = [t for t in self.kd_terms if (t.stage == "mimic") == mimic] or (self.kd_lad and not mimic)
-        teacher, student_rec = None, None
+        teacher, student_rec, entry_rec = None, None, None
+        s_entries, t_entries = self._kd_entry_recs if mimic else (None, None)
         if scale > 0 and active:  # off epochs (and init-only runs) skip the teacher entirely
-            with torch.no_grad(), self._kd_teacher_rec or nullcontext() as rec:
+            with torch.no_grad(), self._kd_teacher_rec or nullcontext() as rec, t_entries or nullcontext() as erec:
                 teacher = self.teacher(batch["img"])
             if rec is not None:
                 teacher = {**teacher, "feats": rec.features}
+            if erec is not None:
+                teacher = {**teacher, "entries": erec.features}
+                entry_rec = s_entries.start()
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
-        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic=mimic)
+        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic=mimic, entry_recorder=entry_rec)
         return batch
 
     def _kd_transplant(self) -> None:

@@ -14,9 +14,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ultralytics_kd.distill.inherit import uniform_index
 from ultralytics_kd.distill.losses.base import KDTerm
 
-__all__ = ["FeatureMimic"]
+__all__ = ["EntryMimic", "FeatureMimic"]
 
 
 class FeatureMimic(KDTerm):
@@ -84,3 +85,47 @@ class FeatureMimic(KDTerm):
         """Restore statistics saved by ``stats`` (resume)."""
         self.mean = [m.to(device) for m in stats.get("mean", [])]
         self.std = [s.to(device) for s in stats.get("std", [])]
+
+
+class EntryMimic(KDTerm):
+    """The first stage of a graft (``kd_init=graft``): the student's backbone outputs regress the teacher's, directly.
+
+    The selected neck will read these maps as the teacher's neck reads the teacher's, so there is no adapter: student
+    channel ``k`` of a level targets teacher channel ``uniform_index(c_student, c_teacher)[k]``, the channel that weight
+    selection pairs it with, in raw units. Each channel's error is divided by that teacher channel's std over the batch
+    (at least a tenth of the level's mean std, so that a near-constant channel does not dominate), so every channel has
+    about the same say whatever its scale: ``mean(((s - t) / std_t) ** 2)`` per level, averaged over levels.
+
+    Args:
+        weight (float): Loss weight.
+        tau (float): Unused.
+
+    Examples:
+        >>> import torch
+        >>> t = torch.randn(2, 8, 4, 4)
+        >>> float(EntryMimic()([t[:, ::2]], [t]))  # the selected channels, exactly
+        0.0
+    """
+
+    name, item, source = "graft", "kdgraft_loss", "entries"
+    stage: ClassVar[str] = "mimic"
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], **context) -> torch.Tensor:
+        """The weighted loss over levels.
+
+        Args:
+            student (list[torch.Tensor]): Student backbone outputs, one (B, C_s, H, W) per entry.
+            teacher (list[torch.Tensor]): The teacher's paired outputs (B, C_t, H, W), C_t >= C_s.
+            **context (Any): Ignored.
+
+        Returns:
+            (torch.Tensor): Scalar loss.
+        """
+        loss = 0.0
+        for s, t in zip(student, teacher):
+            t = t.detach().float()
+            t = t.index_select(1, uniform_index(s.shape[1], t.shape[1]).to(t.device))
+            sd = t.std(dim=(0, 2, 3), keepdim=True)
+            sd = sd.clamp_min(0.1 * float(sd.mean()) + 1e-6)  # a near-constant channel is not weighted without bound
+            loss = loss + F.mse_loss(s.float() / sd, t / sd)
+        return self.weight * loss / len(student)
