@@ -19,7 +19,11 @@ PACKAGE = Path(ultralytics_kd.__file__).resolve().parent
 
 def test_model_yaml_resolves_outside_the_repository(tmp_path):
     assert Path.cwd() == tmp_path and not (tmp_path / "cfg").exists()  # tests run in their own folder
-    assert ultralytics_kd.list_models() == ["yolov9-tiny-gelan-rep", "yolov9-tiny-shufflev2"]
+    assert ultralytics_kd.list_models() == [
+        "yolov9-tiny-gelan-rep",
+        "yolov9-tiny-shufflev2",
+        "yolov9-tiny-shufflev2-elan",
+    ]
     path = Path(ultralytics_kd.model_yaml("yolov9-tiny-shufflev2.yaml"))
     assert path.is_relative_to(PACKAGE) and path == Path(ultralytics_kd.model_yaml("yolov9-tiny-shufflev2"))
     assert sum(p.numel() for p in YOLO(path).model.parameters()) > 1e6
