@@ -93,6 +93,11 @@ def test_start_markdown():
     assert "`mimic` (epochs 1-2), `ld` (epochs 3-4), the stock box/cls/dfl loss alone (epochs 5)" in md
     assert "a uniform selection" in start_markdown({"settings": {"kd_recipe": "init"}, "inherited": True}, cols)
     assert "before the head transplant" in start_markdown({"settings": {"kd_recipe": "default"}, "mimic": True}, cols)
+    graft = {"settings": {"kd_recipe": "default"}, "mimic": True, "graft": True, "transplanted": True}
+    cols = {"epoch": [1, 2, 3], "train/kdgraft_loss": [0.9, 0.4, 0]}
+    md = start_markdown(graft, cols)
+    assert "then its neck and head given a uniform selection of the teacher's (grafted)" in md
+    assert "`graft` (epochs 1-2), the stock box/cls/dfl loss alone (epochs 3)" in md
 
 
 def test_demo_dir_never_overwrites(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 
 from ultralytics.utils import LOGGER
 
-from ultralytics_kd.distill.losses import TERMS, FeatureMimic
+from ultralytics_kd.distill.losses import TERMS, EntryMimic, FeatureMimic
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.report.measure import ModelRow
 from ultralytics_kd.report.plots import MAP, MAP50, plot_kd_losses, plot_map, plot_tradeoff
@@ -56,8 +56,8 @@ def start_markdown(state: Mapping[str, Any], cols: Mapping[str, list[float]]) ->
     """How a distilled student started and which distillation terms trained in which epochs, as one paragraph.
 
     Args:
-        state (Mapping[str, Any]): The checkpoint's ``"kd"`` entry (``settings``, ``inherited``, ``mimic``,
-            ``transplanted``), as KDTrainer writes it.
+        state (Mapping[str, Any]): The checkpoint's ``"kd"`` entry (``settings``, ``inherited``, ``graft``,
+            ``mimic``, ``transplanted``), as KDTrainer writes it.
         cols (Mapping[str, list[float]]): The run's results.csv columns (``read_results``); a term trained in the
             epochs where its ``train/kd*`` column is above zero.
 
@@ -67,6 +67,12 @@ def start_markdown(state: Mapping[str, Any], cols: Mapping[str, list[float]]) ->
     settings = state.get("settings") or {}
     if state.get("inherited"):
         start = "a uniform selection of the teacher's weights (weight selection)"
+    elif state.get("graft"):
+        start = "its random init, its backbone trained to reproduce the teacher's backbone outputs (graft stage), " + (
+            "then its neck and head given a uniform selection of the teacher's (grafted)"
+            if state.get("transplanted")
+            else "and the run ended before the graft"
+        )
     elif state.get("mimic"):
         start = "its random init, trained to imitate the teacher's Detect inputs (mimic stage), " + (
             "then given the teacher's Detect head (transplanted)"
@@ -75,7 +81,9 @@ def start_markdown(state: Mapping[str, Any], cols: Mapping[str, list[float]]) ->
         )
     else:
         start = "its random init"
-    names = {t.item: t.name for t in (*TERMS.values(), FeatureMimic)}  # results.csv has items; recipes say names
+    names = {
+        t.item: t.name for t in (*TERMS.values(), FeatureMimic, EntryMimic)
+    }  # results.csv has items; recipes say names
     epochs = [int(e) for e in cols["epoch"]]
     spans = {}  # term name -> epochs it trained in (its column above zero)
     for k in (c for c in cols if c.startswith("train/kd")):

@@ -8,7 +8,7 @@ from ultralytics_kd.distill.losses.crosskd import CrossHeadKD
 from ultralytics_kd.distill.losses.cwd import ChannelWiseDistill
 from ultralytics_kd.distill.losses.feat_mse import FeatureMSE
 from ultralytics_kd.distill.losses.ld import LocalizationDistill
-from ultralytics_kd.distill.losses.mimic import FeatureMimic
+from ultralytics_kd.distill.losses.mimic import EntryMimic, FeatureMimic
 from ultralytics_kd.distill.losses.sl2 import ScoreWeightedL2
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ClassKL",
     "CrossHeadKD",
     "FeatureMSE",
+    "EntryMimic",
     "FeatureMimic",
     "KDTerm",
     "LocalizationDistill",
