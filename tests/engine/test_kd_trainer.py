@@ -783,6 +783,25 @@ def test_resume_inside_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path):
     assert [float(r["train/kdmim_loss"]) > 0 for r in rows] == [True, True, False]
 
 
+def test_resume_inside_the_graft_stage(data_yaml, tiny, tmp_path, untrained):
+    """Stopped after epoch 1 of a 2-epoch graft stage, a resumed run plans the same graft again from the checkpoint,
+    finishes the stage and then grafts the teacher's neck and head."""
+    teacher = untrained("yolov9s.yaml", tmp_path / "v9s.pt")
+    last = _train_until_first_save(
+        YOLO(ELAN), "r", tmp_path, teacher=str(teacher), data=str(data_yaml), epochs=3, kd_mimic_epochs=2,
+        kd_teacher_check=False, **tiny,
+    )  # fmt: skip
+    saved = torch.load(last, map_location="cpu", weights_only=False)["kd"]
+    assert saved["graft"] and not saved["transplanted"]
+    resumed = YOLO(last)
+    resumed.train(trainer=KDTrainer, resume=True)
+    trainer = resumed.trainer
+    assert trainer.start_epoch == 1 and trainer.kd_start.mode == "graft" and trainer._kd_transplanted
+    assert trainer.kd_stage.graft.entries == ((5, 4), (6, 6), (7, 9))
+    rows = _csv(trainer.csv)
+    assert [float(r["train/kdgraft_loss"]) > 0 for r in rows] == [True, True, False]
+
+
 @pytest.mark.skipif(torch.cuda.device_count() > 1, reason="GPUs 0 and 1 exist here")
 def test_missing_gpus_give_the_stock_error(data_yaml, teacher_pt, tiny, tmp_path):
     """device= naming GPUs that are not there fails in the stock device check, before the teacher is loaded."""
