@@ -250,7 +250,9 @@ def print_table(path: Path) -> None:
             cells += [f"{statistics.fmean(r['test_map_per_class'][c] for r in rs):.3f}" for c in classes]
             cells.append(", ".join(f"{r['test_map']:.3f} (s{r['seed']})" for r in sorted(rs, key=lambda r: r["seed"])))
             cells.append(paired_difference(rs, scratch) if key[4] != "scratch" else "")
-            ratios = [r["epoch_time_s"] / b for r in rs if (b := _scratch_epoch_time(r, scratch))]
+            ratios = [
+                r["epoch_time_s"] / b for r in rs if r.get("epoch_time_s") and (b := _scratch_epoch_time(r, scratch))
+            ]
             cells.append(f"{statistics.fmean(ratios):.2f}x" if ratios else "n/a")
             print(f"| {key[4]} | {len(rs)} | " + " | ".join(cells) + " |")
         floors = [r for k, rs in groups.items() if k[4] == "floor" and k[0] == student and k[2] == imgsz for r in rs]
