@@ -17,6 +17,7 @@ from the Detect end, finds where the shared layout starts and which backbone out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,7 +136,7 @@ class Graft:
 
     @classmethod
     def of(
-        cls, student: nn.Module, teacher_layout: list[tuple[str, tuple[int, ...]]], teacher_state: dict
+        cls, student: nn.Module, teacher_layout: Sequence[tuple[str, tuple[int, ...]]], teacher_state: dict
     ) -> tuple[Graft | None, str | None]:
         """Align ``student`` with the teacher from the Detect end; return the graft, or None and the reason.
 

@@ -109,10 +109,12 @@ RECIPES: dict[str, Recipe] = {
         (TermSpec("cls_kl", 0.6), TermSpec("feat_mse", 0.4)), alpha=0.65, tau=4.0, conf_weight=False, convex=True
     ),
     # What each kind of student gets, and why (figures and commands: docs/BENCHMARKS.md). A student of the teacher's
-    # layout starts from the teacher's selected weights (init=auto) and trains with the term of 'init_sl2'. A student of
-    # another family whose head has the teacher's head layout runs the mimic stage, takes the teacher's head and then
-    # trains on the stock loss ('init': no terms). Any other student keeps its start and trains with LD + PKD-normalised
-    # CWD. LAD is left out: it hurt the student that differs from its teacher and cannot serve end-to-end students.
+    # layout starts from the teacher's selected weights (init=auto) and trains with the term of 'init_sl2'. A student
+    # whose neck and head have the teacher's layout under another backbone runs the graft stage and takes a selection of
+    # the teacher's neck and head; one of another family whose head has the teacher's head layout runs the mimic stage
+    # and takes the teacher's head. Both then train on the stock loss ('init': no terms). Any other student keeps its
+    # start and trains with LD + PKD-normalised CWD. LAD is left out: it hurt the student that differs from its teacher
+    # and cannot serve end-to-end students.
     "default": Recipe(
         (TermSpec("ld", 1.0), TermSpec("cwd", 1.0)),
         alpha=1.0,

@@ -29,12 +29,8 @@ from ultralytics_kd.distill.transplant import transplant_head
 __all__ = ["NO_STAGE_STATE", "MimicStage", "mimic_epochs", "mimic_problem"]
 
 PREFIX = colorstr("KD:")
-NO_STAGE_STATE = {
-    "mimic": False,
-    "graft": False,
-    "transplanted": False,
-    "mimic_stats": None,
-}  # a run without a stage, in checkpoints
+# a run without a stage, in checkpoints
+NO_STAGE_STATE = {"mimic": False, "graft": False, "transplanted": False, "mimic_stats": None}
 
 
 def mimic_epochs(value: float, epochs: int) -> int:

@@ -34,7 +34,8 @@ class TeacherParts:
     Attributes:
         state (dict[str, torch.Tensor] | None): The unfused state dict, for weight selection and grafts.
         head (nn.Module | None): A float copy of the unfused Detect head, for the mimic stage's transplant.
-        layout (list[tuple[str, tuple[int, ...]]]): Each layer's class and inputs (``inherit.layout``), for grafts.
+        layout (tuple[tuple[str, tuple[int, ...]], ...]): Each layer's class and inputs (``inherit.layout``), for
+            grafts.
     """
 
     state: dict[str, torch.Tensor] | None = None
@@ -85,9 +86,7 @@ class Start:
     def resumed(cls, state: dict, init: str, student: nn.Module, teacher: TeacherParts, epochs: int) -> Start:
         """The start a resumed run took, from its checkpoint's ``"kd"`` state (a graft is planned again)."""
         if state.get("graft"):
-            return cls(
-                "graft", init, stage_epochs=epochs, graft=Graft.of(student, list(teacher.layout), teacher.state)[0]
-            )
+            return cls("graft", init, stage_epochs=epochs, graft=Graft.of(student, teacher.layout, teacher.state)[0])
         if state.get("mimic"):
             return cls("mimic", init, stage_epochs=epochs)
         return cls("select" if state.get("inherited") else "none", init)
@@ -155,7 +154,7 @@ def choose_start(
                 f"Set kd_init=none (or auto) for a student of another family"
             )
     if init in {"auto", "graft"}:
-        graft, no_graft = Graft.of(student, list(teacher.layout), teacher.state)
+        graft, no_graft = Graft.of(student, teacher.layout, teacher.state)
         no_graft = no_graft or mimic_problem(kd_mimic_epochs, epochs)
         if not no_graft:
             return Start(
