@@ -142,7 +142,7 @@ class Graft:
 
         Args:
             student (nn.Module): The student as built (an Ultralytics model).
-            teacher_layout (list): ``layout(teacher)``.
+            teacher_layout (Sequence[tuple[str, tuple[int, ...]]]): ``layout(teacher)``.
             teacher_state (dict[str, torch.Tensor]): The teacher's unfused state dict.
 
         Returns:

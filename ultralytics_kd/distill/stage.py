@@ -71,7 +71,7 @@ class MimicStage:
     Attributes:
         term (FeatureMimic | EntryMimic): The imitation loss (of the Detect inputs through adapters, or for a graft of
             the backbone outputs directly).
-        transplanted (bool): The stage is over and the student has the teacher's head.
+        transplanted (bool): The stage is over and the student has the teacher's head (or grafted layers).
 
     Examples:
         >>> stage = MimicStage(2)

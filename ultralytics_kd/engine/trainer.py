@@ -306,12 +306,12 @@ class KDTrainer(DetectionTrainer):
         if a.kd_weights is not None:
             LOGGER.info(f"{PREFIX} kd_recipe={a.kd_recipe} keeps its own terms: kd_weights sets their weights")
             return recipe
-        how = (
-            "inherited the teacher's weights"
-            if self.kd_inherited
-            else f"takes {'a selection of the teacher neck and head' if self.kd_stage.graft else 'the teacher head'} "
-            f"after the stage"
+        taken = (
+            "a selection of the teacher's neck and head"
+            if self.kd_mimic and self.kd_stage.graft
+            else "the teacher's head"
         )
+        how = "inherited the teacher's weights" if self.kd_inherited else f"takes {taken} after the stage"
         LOGGER.info(f"{PREFIX} the student {how}: kd_recipe={a.kd_recipe} trains with the terms of '{other}'")
         return get_recipe(other)
 
