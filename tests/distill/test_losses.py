@@ -14,9 +14,11 @@ from ultralytics_kd.distill.losses import (
     CrossHeadKD,
     FeatureMSE,
     LocalizationDistill,
+    MaskedGenerativeDistill,
     ScoreWeightedL2,
     anchor_mean,
 )
+from ultralytics_kd.distill.losses.mgd import MaskedGenerator
 
 
 def _inputs(term, seed=0):
@@ -160,6 +162,30 @@ def test_feat_mse_and_sl2_known_values():
     assert float(ScoreWeightedL2()([s], [t], level_weight=[w])) == pytest.approx(1.0)
     w = torch.tensor([[[0.0, 1.0]]])
     assert float(ScoreWeightedL2()([s], [t], level_weight=[w])) == pytest.approx(9.0)
+
+
+def test_mgd_known_value_and_scale_free():
+    """Maps normalised per channel before the MSE: an anti-correlated channel reads 2 whatever the scales."""
+    s = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2)
+    t = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    assert float(MaskedGenerativeDistill()([s], [t])) == pytest.approx(2.0, rel=1e-5)
+    assert float(MaskedGenerativeDistill(weight=0.5)([3 * s + 1], [100 * t])) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_mgd_generator_masks_locations_in_training_only():
+    """In training a random ``ratio`` of locations (all channels at once) is zeroed before the generator; in eval none
+    is; the term's connector is this generator."""
+    gen = MaskedGenerativeDistill.connector(4, 6)
+    assert isinstance(gen, MaskedGenerator) and gen.ratio == 0.65
+    gen.generate = torch.nn.Identity()  # look at what the generator is given
+    x = torch.randn(8, 4, 16, 16)
+    out = gen.train()(x)
+    zero, kept = (out == 0).all(1), (out == x).all(1)  # (B, H, W)
+    assert (zero | kept).all()
+    assert 0.6 < float(zero.float().mean()) < 0.7
+    assert torch.equal(gen.eval()(x), x)
+    with pytest.raises(ValueError, match="mask ratio"):
+        MaskedGenerator(4, 6, ratio=1.0)
 
 
 def test_crosskd_is_class_and_box_kd_on_the_teacher_head():

@@ -6,7 +6,7 @@ a student checkpoint's model; the trainer saves their weights beside it for resu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -31,16 +31,22 @@ class ChannelAdapter(nn.Sequential):
         super().__init__(nn.Conv2d(c_student, c_teacher, 1, bias=False), nn.BatchNorm2d(c_teacher))
 
 
-def build_connectors(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
+def build_connectors(
+    student_channels: Sequence[int],
+    teacher_channels: Sequence[int],
+    factory: Callable[[int, int], nn.Module] = ChannelAdapter,
+) -> nn.ModuleList:
     """One adapter per feature level.
 
     Args:
         student_channels (Sequence[int]): Channels of each student level.
         teacher_channels (Sequence[int]): Channels of the paired teacher levels.
+        factory (Callable[[int, int], nn.Module]): Builds one level's module from (student, teacher) channels; a
+            term's ``connector``.
 
     Returns:
         (nn.ModuleList): Adapters in level order.
     """
     if len(student_channels) != len(teacher_channels):
         raise ValueError(f"{len(student_channels)} student levels but {len(teacher_channels)} teacher levels")
-    return nn.ModuleList(ChannelAdapter(s, t) for s, t in zip(student_channels, teacher_channels))
+    return nn.ModuleList(factory(s, t) for s, t in zip(student_channels, teacher_channels))

@@ -348,7 +348,7 @@ class KDTrainer(DetectionTrainer):
             )
         ch_s, ch_t = [f.shape[1] for f in s_feats], [f.shape[1] for f in t_feats]
         self.kd_connectors = nn.ModuleDict(
-            {t.name: build_connectors(ch_s, ch_t) for t in terms if t.source == "feats"}
+            {t.name: build_connectors(ch_s, ch_t, t.connector) for t in terms if t.source == "feats"}
         ).to(self.device)
         if a.kd_feat_layers:
             self._kd_student_rec = s_rec

@@ -8,6 +8,7 @@ from ultralytics_kd.distill.losses.crosskd import CrossHeadKD
 from ultralytics_kd.distill.losses.cwd import ChannelWiseDistill
 from ultralytics_kd.distill.losses.feat_mse import FeatureMSE
 from ultralytics_kd.distill.losses.ld import LocalizationDistill
+from ultralytics_kd.distill.losses.mgd import MaskedGenerativeDistill
 from ultralytics_kd.distill.losses.mimic import EntryMimic, FeatureMimic
 from ultralytics_kd.distill.losses.sl2 import ScoreWeightedL2
 
@@ -23,6 +24,7 @@ __all__ = [
     "FeatureMimic",
     "KDTerm",
     "LocalizationDistill",
+    "MaskedGenerativeDistill",
     "ScoreWeightedL2",
     "anchor_mean",
     "register_term",

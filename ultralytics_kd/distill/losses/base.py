@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ultralytics_kd.distill.connectors import ChannelAdapter
+
 __all__ = ["TERMS", "KDTerm", "anchor_mean", "register_term"]
 
 TERMS: dict[str, type[KDTerm]] = {}
@@ -45,6 +47,14 @@ class KDTerm(nn.Module):
         super().__init__()
         self.weight = float(weight)
         self.tau = float(tau)
+
+    @staticmethod
+    def connector(c_student: int, c_teacher: int) -> nn.Module:
+        """The trainable module that maps one student level to the teacher's width, for ``feats`` terms.
+
+        A term that needs more than channel alignment (MGD's masked generator) returns its own module here.
+        """
+        return ChannelAdapter(c_student, c_teacher)
 
     def extra_repr(self) -> str:
         """Show weight and temperature when the module is printed."""
