@@ -7,7 +7,7 @@ and prints the mean student gradient norm per optimizer step and its ratio to sc
 student and ``--kd`` settings are those of ``kd_gain.py``. On a CUDA device with AMP the norms include the loss scale,
 so compare runs on the CPU (the default).
 
-    python benchmarks/kd_grad.py --runs scratch,ld+cwd,ld+cwd@0.25 --student cfg/models/yolov9-tiny-shufflev2.yaml \
+    python benchmarks/kd_grad.py --runs scratch,ld+cwd,ld+cwd@0.25 --student cfg/models/yolov9-tiny-shufflev2-c2f.yaml \
         --kd kd_cwd_norm=True --seed 1 --threads 1
 """
 

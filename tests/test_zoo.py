@@ -22,7 +22,7 @@ def test_model_yaml_resolves_outside_the_repository(tmp_path):
     assert ultralytics_kd.list_models() == [
         "yolov9-tiny-gelan-rep",
         "yolov9-tiny-shufflev2",
-        "yolov9-tiny-shufflev2-elan",
+        "yolov9-tiny-shufflev2-c2f",
     ]
     path = Path(ultralytics_kd.model_yaml("yolov9-tiny-shufflev2.yaml"))
     assert path.is_relative_to(PACKAGE) and path == Path(ultralytics_kd.model_yaml("yolov9-tiny-shufflev2"))

@@ -37,7 +37,7 @@ from ultralytics_kd.report import (
     write_report,
 )
 
-STUDENT = str(Path(__file__).parent / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+STUDENT = str(Path(__file__).parent / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml")
 DEFAULTS: dict[str, Any] = dict(
     project="runs/kd_demo",
     name="demo",

@@ -26,7 +26,7 @@ from ultralytics_kd.zoo import model_yaml
 
 pytest.importorskip("modelopt.torch.quantization")
 
-STUDENTS = ("yolov9-tiny-gelan-rep", "yolov9-tiny-shufflev2")
+STUDENTS = ("yolov9-tiny-gelan-rep", "yolov9-tiny-shufflev2-c2f")
 IMGSZ = 64
 
 
@@ -209,7 +209,7 @@ def test_float_nodes_keep_the_decode_and_nothing_else():
 
 @pytest.mark.slow
 def test_kd_terms_finite_and_nonzero_under_qat(data_yaml, teacher_pt, tmp_path):
-    student = _student_with_data_statistics("yolov9-tiny-shufflev2", data_yaml, tmp_path / "student.pt")
+    student = _student_with_data_statistics("yolov9-tiny-shufflev2-c2f", data_yaml, tmp_path / "student.pt")
     seen = {}
 
     def _check(trainer):
@@ -233,7 +233,7 @@ def test_kd_terms_finite_and_nonzero_under_qat(data_yaml, teacher_pt, tmp_path):
 
 # bad input ------------------------------------------------------------------------------------------------------------
 def test_int8_onnx_export_without_data_fails_before_any_work(tmp_path):
-    model = YOLO(str(model_yaml("yolov9-tiny-shufflev2")))
+    model = YOLO(str(model_yaml("yolov9-tiny-shufflev2-c2f")))
     with pytest.raises(ValueError, match="pass data=your_data.yaml"):
         model.export(format="onnx", quantize=8, imgsz=IMGSZ)
     assert not list(Path(".").rglob("*.onnx"))
@@ -246,7 +246,7 @@ def test_kd_qat_without_data_fails_before_setup(teacher_pt):
 
 def test_qat_of_a_never_trained_student_fails_before_training(data_yaml, tmp_path):
     with pytest.raises(ValueError, match="never been trained"):
-        YOLO(str(model_yaml("yolov9-tiny-shufflev2"))).train(
+        YOLO(str(model_yaml("yolov9-tiny-shufflev2-c2f"))).train(
             data=str(data_yaml), epochs=1, quantize=8, project=str(tmp_path), imgsz=IMGSZ, batch=4, workers=0,
             device="cpu", plots=False, val=False,
         )  # fmt: skip
@@ -288,11 +288,11 @@ def test_is_int8_accepts_every_alias():
 def test_kd_qat_fine_tune_holds_the_rate_a_stock_run_ends_with(data_yaml, teacher_pt, tmp_path):
     """Unless the user sets them: no warm-up, a constant rate, and that rate is the optimizer's own lr x the default lrf
     (applied after optimizer=auto picked its optimizer); a user's lr0 is kept as given."""
-    student = _student_with_data_statistics("yolov9-tiny-shufflev2", data_yaml, tmp_path / "student.pt")
+    student = _student_with_data_statistics("yolov9-tiny-shufflev2-c2f", data_yaml, tmp_path / "student.pt")
     common = dict(model=str(student), teacher=str(teacher_pt), data=str(data_yaml), quantize=8, project=str(tmp_path))
     trainer = KDTrainer(overrides=common)
     assert (trainer.args.warmup_epochs, trainer.args.lrf, trainer._qat_lr_scale) == (0, 1.0, 0.01)
-    model = DetectionModel(str(model_yaml("yolov9-tiny-shufflev2")), nc=2, verbose=False)
+    model = DetectionModel(str(model_yaml("yolov9-tiny-shufflev2-c2f")), nc=2, verbose=False)
     optimizer = trainer.build_optimizer(model, name="SGD", lr=0.02, momentum=0.9, decay=0.0)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.02 * 0.01] * len(optimizer.param_groups))
 
@@ -310,7 +310,7 @@ class _Stop(Exception):
 def test_kd_qat_resumes_quantized_at_the_same_rate(data_yaml, teacher_pt, tmp_path):
     """An interrupted KD-QAT run resumes with its quantizers, its frozen-statistics fine-tune and the same learning
     rate (the QAT rate factor is kept in the checkpoint, since the resumed args no longer say it)."""
-    student = _student_with_data_statistics("yolov9-tiny-shufflev2", data_yaml, tmp_path / "student.pt")
+    student = _student_with_data_statistics("yolov9-tiny-shufflev2-c2f", data_yaml, tmp_path / "student.pt")
     lrs = []
 
     def record(trainer):

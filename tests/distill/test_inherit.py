@@ -63,8 +63,8 @@ def test_other_layouts_are_refused_with_the_reason():
         select_weights(DetectionModel("yolov9t.yaml", nc=3, verbose=False), t)
 
 
-ELAN = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-elan.yaml")
-SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+ELAN = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml")
 
 
 def test_graft_aligns_neck_and_head_from_the_detect_end():

@@ -12,8 +12,8 @@ from ultralytics_kd.distill.inherit import inherit_problem
 from ultralytics_kd.distill.stage import MimicStage
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 
-SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
-ELAN = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-elan.yaml")
+SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml")
+ELAN = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.inherit import uniform_index
 from ultralytics_kd.distill.transplant import transplant_head, transplant_problem
 
-SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml")
+SHUFFLE = str(Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml")
 
 
 def _heads(student="yolov8n.yaml", teacher="yolov8s.yaml", nc=2):

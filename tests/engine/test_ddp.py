@@ -127,7 +127,7 @@ def test_two_rank_ddp_distils_in_sync_and_resumes(data_yaml, teacher_pt, tiny, t
     assert all(math.isfinite(float(trainer.tloss[k])) and trainer.tloss[k] > 0 for k in ("kdld_loss", "kdcwd_loss"))
 
 
-SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
+SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml"
 
 
 def _worker(launcher: KDTrainer) -> KDTrainer:

@@ -18,8 +18,8 @@ from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER
 from ultralytics_kd import KDTrainer
 from ultralytics_kd.distill.settings import kd_args
 
-SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2.yaml"
-ELAN = SHUFFLE.with_name("yolov9-tiny-shufflev2-elan.yaml")
+SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml"
+ELAN = SHUFFLE.with_name("yolov9-tiny-shufflev2.yaml")
 ALL_TERMS = "cls_bce+cls_kl+ld+box+feat_mse+cwd+sl2+crosskd+mgd"
 KD_COLUMNS = [
     "kdcls_loss",
