@@ -64,6 +64,8 @@ def build_parser(doc: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--project", default=str(ROOT / "runs" / "kd_gain"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kd_gain.jsonl"))
     p.add_argument("--table", action="store_true", help="print the results in --out as a markdown table and exit")
+    p.add_argument("--since", default="", metavar="DATE", help="--table: only rows run on or after DATE (2026-12-06)")
+    p.add_argument("--until", default="", metavar="DATE", help="--table: only rows run on or before DATE")
     return p
 
 
@@ -219,9 +221,14 @@ def measure_floor(args: argparse.Namespace, repeats: int = 10) -> dict:
     return {"run": "floor", "teacher_fwd_s": t_teacher, "student_step_s": t_step, "floor": 1 + t_teacher / t_step}
 
 
-def print_table(path: Path) -> None:
-    """Markdown table per (student, epochs, imgsz, fraction): mean over seeds, latest row per (run, seed)."""
+def print_table(path: Path, since: str = "", until: str = "") -> None:
+    """Markdown table per (student, epochs, imgsz, fraction): mean over seeds, latest row per (run, seed).
+
+    ``since`` and ``until`` keep the rows whose date is in that range (ISO dates, inclusive), e.g. the continuation runs
+    of one session, whose starts differ from an earlier session's.
+    """
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [r for r in rows if since <= r.get("date", "")[:10] and (not until or r.get("date", "")[:10] <= until)]
     if not rows:
         print(f"no results in {path}")
         return
@@ -269,9 +276,16 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 
 def paired_difference(rows: list[dict], baseline: list[dict], key: str = "test_map") -> str:
-    """Mean of the per-seed differences to the baseline at the same seed, in mAP points, with a 95 % t interval."""
-    base = {r["seed"]: r[key] for r in baseline}
-    d = [100 * (r[key] - base[r["seed"]]) for r in rows if r["seed"] in base]
+    """Mean of the per-seed differences to the baseline at the same seed, in mAP points, with a 95 % t interval.
+
+    Continuation rows pair only with a baseline continued from the same checkpoint (``start_dir``, where both have it).
+    """
+    base = {r["seed"]: r for r in baseline}
+    d = [
+        100 * (r[key] - base[r["seed"]][key])
+        for r in rows
+        if r["seed"] in base and r.get("start_dir", "") == base[r["seed"]].get("start_dir", r.get("start_dir", ""))
+    ]
     if not d:
         return "n/a"
     if len(d) == 1:
@@ -299,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     if args.table:
-        print_table(out)
+        print_table(out, args.since, args.until)
         return
     import torch
 
@@ -319,8 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     common = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "seed", "fraction", "student", "device")}
     if args.continue_from:
-        common["start"] = args.continue_from
-        start_weights(args)  # fail before the first training if the earlier run is missing
+        common["start"] = args.continue_from  # fails before the first training if the earlier run is missing:
+        common["start_dir"] = str(Path(start_weights(args)).parents[1])
     for name in runs:
         row = measure_floor(args) if name == "floor" else train_and_test(name, args)
         if args.kd and name not in {"scratch", "floor"} and not name.startswith("native"):
