@@ -15,7 +15,7 @@ from torch import nn
 
 from ultralytics_kd.distill.connectors import ChannelAdapter
 
-__all__ = ["TERMS", "KDTerm", "anchor_mean", "register_term"]
+__all__ = ["TERMS", "KDTerm", "anchor_mean", "channel_norm", "register_term"]
 
 TERMS: dict[str, type[KDTerm]] = {}
 
@@ -83,6 +83,13 @@ def anchor_mean(per_anchor: torch.Tensor, weight: torch.Tensor | None = None) ->
         return per_anchor.mean()
     weight = weight.to(per_anchor.dtype)
     return (per_anchor * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def channel_norm(x: torch.Tensor) -> torch.Tensor:
+    """Normalise each channel of a (B, C, H, W) map over batch and space to zero mean and unit std (PKD)."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) / (std + 1e-6)
 
 
 def tempered_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int) -> torch.Tensor:

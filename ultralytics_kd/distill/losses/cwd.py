@@ -14,14 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ultralytics_kd.distill.losses.base import KDTerm, register_term, tempered_kl
-
-
-def _channel_norm(x: torch.Tensor) -> torch.Tensor:
-    """Normalise each channel over batch and space to zero mean and unit std."""
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    std = x.std(dim=(0, 2, 3), keepdim=True)
-    return (x - mean) / (std + 1e-6)
+from ultralytics_kd.distill.losses.base import KDTerm, channel_norm, register_term, tempered_kl
 
 
 @register_term
@@ -63,6 +56,6 @@ class ChannelWiseDistill(KDTerm):
         for s, tc in zip(student, teacher):
             s, tc = s.float(), tc.float()
             if self.norm:
-                s, tc = _channel_norm(s), _channel_norm(tc)
+                s, tc = channel_norm(s), channel_norm(tc)
             loss = loss + tempered_kl(s.flatten(2), tc.flatten(2), t, dim=2).mean()  # over (B, C)
         return self.weight * t * t * loss / len(student)

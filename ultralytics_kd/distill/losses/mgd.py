@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ultralytics_kd.distill.losses.base import KDTerm, register_term
-from ultralytics_kd.distill.losses.cwd import _channel_norm
+from ultralytics_kd.distill.losses.base import KDTerm, channel_norm, register_term
 
 __all__ = ["MaskedGenerativeDistill", "MaskedGenerator"]
 
@@ -93,7 +92,5 @@ class MaskedGenerativeDistill(KDTerm):
         Returns:
             (torch.Tensor): Scalar loss.
         """
-        loss = sum(
-            (_channel_norm(s.float()) - _channel_norm(t.float())).pow(2).mean() for s, t in zip(student, teacher)
-        )
+        loss = sum((channel_norm(s.float()) - channel_norm(t.float())).pow(2).mean() for s, t in zip(student, teacher))
         return self.weight * loss / len(student)
