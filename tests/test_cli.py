@@ -127,3 +127,30 @@ def test_console_script_exits_1_on_bad_input(data_yaml, tmp_path):
     out = _console("train", "model=yolov8n.yaml", f"data={data_yaml}", "kd_T=3", cwd=tmp_path)
     assert out.returncode == 1
     assert "kd_T'] set but no teacher: add teacher=" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unknown_kd_key_is_one_line_without_the_stock_help(data_yaml, teacher_pt, capsys):
+    """The stock key check logs the whole `yolo` help before its error; a mistyped kd_* key gets one line instead."""
+    for extra in ([f"teacher={teacher_pt}"], []):  # with a teacher, and without one (which would go to stock yolo)
+        with pytest.raises(SyntaxError, match=r"'kd_tmp' is not a valid YOLO argument .*similar: \[.*'kd_T'"):
+            cli.entrypoint(["train", "model=yolov8n.yaml", f"data={data_yaml}", *extra, "kd_tmp=3"])
+    out = capsys.readouterr()
+    assert "yolo TASK MODE ARGS" not in out.out + out.err  # the first line of Ultralytics' CLI help
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    """A KeyError or TypeError from inside is a bug: main() lets it through; a bad value type stays a user error."""
+
+    def broken(args=None):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(cli, "entrypoint", broken)
+    with pytest.raises(KeyError, match="internal"):
+        cli.main()
+
+
+def test_a_bad_value_type_is_a_user_error(data_yaml, teacher_pt, monkeypatch, capsys):
+    args = ["yolo-kd", "train", "model=yolov8n.yaml", f"data={data_yaml}", f"teacher={teacher_pt}", "epochs=abc"]
+    monkeypatch.setattr("sys.argv", args)
+    assert cli.main() == 1
+    assert "epochs" in capsys.readouterr().err

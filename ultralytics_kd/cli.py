@@ -98,7 +98,7 @@ def _kd_resume_path(pairs: dict[str, Any]) -> Path | None:
 
 def _train(args: list[str]) -> Any:
     """``train`` with a teacher goes through KDTrainer; without one, through Ultralytics untouched."""
-    from ultralytics.cfg import TASKS, check_dict_alignment
+    from ultralytics.cfg import TASKS, check_cfg, check_dict_alignment
     from ultralytics.utils import DEFAULT_CFG_DICT, YAML
     from ultralytics.utils.checks import check_yaml
 
@@ -113,6 +113,7 @@ def _train(args: list[str]) -> Any:
             pairs[w] = True  # bare boolean flags, as in 'yolo train ... resume'
         elif w not in {"train", task}:
             raise SyntaxError(f"'{w}' is not a valid yolo-kd train argument; use key=value, e.g. epochs=10")
+    check_kd_args(pairs)  # first: a mistyped kd_* key gets one line, not the stock help before it
     kd_given = sorted(k for k in pairs if k in KD_DEFAULTS and pairs[k] != KD_DEFAULTS[k])
     resumed = _kd_resume_path(pairs)
     if resumed is not None:  # 'yolo-kd train resume' alone continues the latest run, as 'yolo train resume' does
@@ -122,7 +123,10 @@ def _train(args: list[str]) -> Any:
             raise ValueError(f"{kd_given} set but no teacher: add teacher=path/to/teacher.pt, or drop the kd_* keys")
         return _ultralytics(args)
     check_dict_alignment({**DEFAULT_CFG_DICT, **KD_DEFAULTS}, pairs)  # typos fail here, with suggestions
-    check_kd_args(pairs)
+    try:  # the stock value-type check, here so that its TypeError is a user's error and not an internal one
+        check_cfg({k: v for k, v in pairs.items() if k not in KD_DEFAULTS})
+    except TypeError as e:
+        raise ValueError(str(e)) from e
     if not pairs.get("model"):
         raise ValueError("yolo-kd train needs the student: model=yolov9t.yaml (or a .pt to fine-tune)")
     from ultralytics import YOLO
@@ -170,8 +174,9 @@ def entrypoint(args: list[str] | str | None = None) -> Any:
     return _ultralytics(args)
 
 
-# Errors that name a bad input and its fix: one line is the whole message. Anything else keeps its traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, SyntaxError, KeyError, TypeError)
+# Errors that name a bad input and its fix: one line is the whole message. Anything else keeps its traceback: a KeyError
+# or TypeError is a bug (the stock value-type check's TypeError is turned into a ValueError where it is called).
+_USER_ERRORS = (ValueError, FileNotFoundError, SyntaxError)
 
 
 def main() -> int:

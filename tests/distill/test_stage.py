@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ultralytics_kd import KDTrainer
 from ultralytics_kd.distill.stage import NO_STAGE_STATE, MimicStage, mimic_epochs, mimic_problem
 
 
@@ -57,3 +58,27 @@ def test_checkpoint_state_round_trip():
     resumed.load_state_dict(state)
     assert resumed.transplanted and resumed.teacher_head is None
     assert all(torch.equal(a, b) for a, b in zip(resumed.term.std, stage.term.std)) and len(resumed.term.std) == 1
+
+
+def test_each_stage_warms_up_like_a_run_of_its_length():
+    """With a mimic stage the stock warm-up is off; each stage ramps lr (bias lr down), momentum and, after the stage,
+    accumulate over its share of warmup_epochs: 40 epochs, 10 of them mimic, 13 batches -> 10 and 29 iterations."""
+    groups = [{"param_group": g, "initial_lr": 0.01, "momentum": 0.937} for g in ("bias", "weight")]
+    t = SimpleNamespace(
+        args=SimpleNamespace(warmup_epochs=3, warmup_bias_lr=0.1, warmup_momentum=0.8, momentum=0.937, nbs=64),
+        train_loader=range(13), kd_stage=MimicStage(10), epochs=40, batch_size=16, accumulate=1,
+        optimizer=SimpleNamespace(param_groups=groups), lf=lambda x: 1.0 if x < 10 else 0.5,
+    )  # fmt: skip
+    assert KDTrainer._get_warmup_iterations(t, 13) == 0
+
+    def at(epoch, i, mimic):
+        t.epoch = epoch
+        t.kd_stage.warm_up(t, i, mimic)
+        return [round(g["lr"], 6) for g in groups], round(groups[0]["momentum"], 6), t.accumulate
+
+    assert at(0, 5, True) == ([0.055, 0.005], 0.8685, 1)
+    assert at(0, 11, True) == ([0.055, 0.005], 0.8685, 1)  # past the stage's 10 warm-up iterations: left alone
+    assert at(10, 0, False) == ([0.1, 0.0], 0.8, 1)  # the second stage starts its own warm-up
+    f = 14 / 29
+    assert at(11, 1, False) == ([round(0.1 - f * 0.095, 6), round(f * 0.005, 6)], round(0.8 + f * 0.137, 6), 2)
+    assert at(12, 3, False) == ([0.005, 0.005], 0.937, 4)

@@ -25,7 +25,7 @@ from ultralytics.utils import DEFAULT_CFG_DICT, LOCAL_RANK, RANK, callbacks
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd import KDTrainer
-from ultralytics_kd.engine.trainer import _write_report
+from ultralytics_kd.engine.callbacks import _write_report
 
 
 class _CpuDDP(torch.nn.parallel.DistributedDataParallel):
@@ -68,7 +68,7 @@ class CpuDDPTrainer(KDTrainer):
                 "report_callbacks": self.callbacks["on_train_end"].count(_write_report),
                 "teacher_device": str(next(self.teacher.parameters()).device),
                 "start": self.kd_start.mode,
-                "transplanted": self._kd_transplanted,
+                "transplanted": self.kd_stage is not None and self.kd_stage.transplanted,
                 "device": str(self.device),
             },
             self.save_dir / f"rank{RANK}.pt",

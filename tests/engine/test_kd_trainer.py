@@ -8,7 +8,6 @@ import pickle
 import pickletools
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -413,6 +412,7 @@ def _no_batches(trainer):
         ({"teacher": "yolov8s.yaml"}, ValueError, "also pass kd_teacher_weights"),
         ({"kd_init": "copy"}, ValueError, "kd_init='copy' must be one of"),
         ({"kd_mimic_epochs": 0}, ValueError, "kd_mimic_epochs=0.0 must be > 0"),
+        ({"kd_teacher_weights": "other.pt"}, ValueError, "is a checkpoint, which carries its own weights"),
     ],
 )
 def test_bad_settings_fail_before_anything_runs(kwargs, error, match, data_yaml, teacher_pt, tiny, tmp_path):
@@ -421,8 +421,25 @@ def test_bad_settings_fail_before_anything_runs(kwargs, error, match, data_yaml,
     args = dict(teacher=str(teacher_pt), data=str(data_yaml), epochs=1, project=str(tmp_path), name="bad", **tiny)
     with pytest.raises(error, match=match):
         model.train(trainer=KDTrainer, **{**args, **kwargs})
-    if error is not SyntaxError and "teacher" not in kwargs:
-        assert not (tmp_path / "bad").exists()  # value checks run before the run directory is created
+    assert not (tmp_path / "bad").exists()  # no run folder is left behind
+
+
+def test_a_file_that_is_no_checkpoint_names_our_fix_first(data_yaml, tiny, tmp_path):
+    """Our cause and fix lead the message, with no stock advice to download a model; an existing run folder of the
+    same name (exist_ok=True) keeps what it had, a new one is removed."""
+    bad = tmp_path / "teacher.pt"
+    bad.write_text("not a checkpoint")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("the user's")
+    for name, exist_ok in (("new", False), ("kept", True)):
+        with pytest.raises(ValueError) as e:
+            YOLO("yolov8n.yaml").train(
+                trainer=KDTrainer, teacher=str(bad), data=str(data_yaml), epochs=1, project=str(tmp_path), name=name,
+                exist_ok=exist_ok, **tiny,
+            )  # fmt: skip
+        assert str(e.value).startswith(f"teacher '{bad}' is not an Ultralytics checkpoint")
+        assert "download" not in str(e.value) and "yolo26n" not in str(e.value)
+    assert not (tmp_path / "new").exists() and (tmp_path / "kept" / "notes.txt").read_text() == "the user's"
 
 
 @pytest.mark.parametrize(
@@ -448,6 +465,7 @@ def test_incompatible_teacher_fails_before_training(
             trainer=KDTrainer, teacher=str(teacher), data=str(data_yaml), epochs=1, project=str(tmp_path), name="x",
             **tiny,
         )  # fmt: skip
+    assert not (tmp_path / "x").exists()  # no run folder is left behind
 
 
 @pytest.mark.skipif(
@@ -543,7 +561,7 @@ def test_kd_init_starts_the_student_from_the_teacher(settings, terms, data_yaml,
         YOLO("yolov8n.yaml"), teacher=str(teacher_pt), data=str(data_yaml), project=str(tmp_path), name="i",
         **settings, **tiny,
     )  # fmt: skip
-    assert trainer.kd_inherited and [t.name for t in trainer.kd_terms] == terms and not trainer.kd_lad
+    assert trainer.kd_start.mode == "select" and [t.name for t in trainer.kd_terms] == terms and not trainer.kd_lad
     seen = trainer.model.state_dict()
     expected = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
     select_weights(expected, load_checkpoint(teacher_pt)[0].float())
@@ -561,7 +579,9 @@ def test_resume_keeps_the_inherited_terms(data_yaml, teacher_pt, tiny, tmp_path)
     resumed = YOLO(last)
     resumed.train(trainer=KDTrainer, resume=True)
     trainer = resumed.trainer
-    assert trainer.start_epoch == 1 and trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["sl2"]
+    assert (
+        trainer.start_epoch == 1 and trainer.kd_start.mode == "select" and [t.name for t in trainer.kd_terms] == ["sl2"]
+    )
     assert float(_csv(trainer.csv)[-1]["train/kdsl2_loss"]) > 0
 
 
@@ -582,7 +602,9 @@ def test_kd_init_across_families(data_yaml, teacher_pt, tiny, tmp_path):
         LOGGER.removeHandler(handler)
     assert any("keeps its random init" in m for m in handler.messages)
     trainer = model.trainer  # no inheritance: the default recipe's own terms, without LAD
-    assert not trainer.kd_inherited and [t.name for t in trainer.kd_terms] == ["ld", "cwd"] and not trainer.kd_lad
+    assert (
+        trainer.kd_start.mode != "select" and [t.name for t in trainer.kd_terms] == ["ld", "cwd"] and not trainer.kd_lad
+    )
     assert model.trainer.best.exists()
 
 
@@ -635,7 +657,11 @@ def test_mimic_stage_then_head_transplant(data_yaml, teacher_pt, tiny, tmp_path)
         project=str(tmp_path), name="m", **tiny,
     )  # fmt: skip
     trainer = model.trainer
-    assert trainer.kd_mimic and trainer.kd_mimic_epochs == 1 and [t.name for t in trainer.kd_terms] == ["mimic"]
+    assert (
+        trainer.kd_stage is not None
+        and trainer.kd_stage.epochs == 1
+        and [t.name for t in trainer.kd_terms] == ["mimic"]
+    )
     rows = _csv(trainer.csv)
     assert float(rows[0]["train/kdmim_loss"]) > 0 and float(rows[1]["train/kdmim_loss"]) == 0
     mimic_steps = [g for g in trainer.grads if g[0] == 0]
@@ -719,30 +745,6 @@ def test_graft_stage_then_the_teachers_neck_and_head(data_yaml, tiny, tmp_path, 
     assert kd["graft"] and kd["mimic"] and kd["transplanted"]
 
 
-def test_each_stage_warms_up_like_a_run_of_its_length():
-    """With a mimic stage the stock warm-up is off; each stage ramps lr (bias lr down), momentum and, after the stage,
-    accumulate over its share of warmup_epochs: 40 epochs, 10 of them mimic, 13 batches -> 10 and 29 iterations."""
-    groups = [{"param_group": g, "initial_lr": 0.01, "momentum": 0.937} for g in ("bias", "weight")]
-    t = SimpleNamespace(
-        args=SimpleNamespace(warmup_epochs=3, warmup_bias_lr=0.1, warmup_momentum=0.8, momentum=0.937, nbs=64),
-        train_loader=range(13), kd_mimic=True, kd_mimic_epochs=10, epochs=40, batch_size=16, accumulate=1,
-        optimizer=SimpleNamespace(param_groups=groups), lf=lambda x: 1.0 if x < 10 else 0.5,
-    )  # fmt: skip
-    assert KDTrainer._get_warmup_iterations(t, 13) == 0
-
-    def at(epoch, i, mimic):
-        t.epoch = epoch
-        KDTrainer._warm_up_stage(t, i, mimic)
-        return [round(g["lr"], 6) for g in groups], round(groups[0]["momentum"], 6), t.accumulate
-
-    assert at(0, 5, True) == ([0.055, 0.005], 0.8685, 1)
-    assert at(0, 11, True) == ([0.055, 0.005], 0.8685, 1)  # past the stage's 10 warm-up iterations: left alone
-    assert at(10, 0, False) == ([0.1, 0.0], 0.8, 1)  # the second stage starts its own warm-up
-    f = 14 / 29
-    assert at(11, 1, False) == ([round(0.1 - f * 0.095, 6), round(f * 0.005, 6)], round(0.8 + f * 0.137, 6), 2)
-    assert at(12, 3, False) == ([0.005, 0.005], 0.937, 4)
-
-
 def test_kd_init_mimic_refuses_what_it_cannot_do(data_yaml, teacher_pt, tiny, tmp_path):
     """Explicit kd_init=mimic fails before training for an end-to-end head and for a run too short for the stage."""
     args = dict(trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_teacher_check=False,
@@ -777,7 +779,7 @@ def test_resume_inside_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path):
     resumed.add_callback("on_train_start", at_start)
     resumed.train(trainer=KDTrainer, resume=True)
     trainer = resumed.trainer
-    assert trainer.start_epoch == 1 and trainer.kd_mimic and trainer._kd_transplanted
+    assert trainer.start_epoch == 1 and trainer.kd_stage is not None and trainer.kd_stage.transplanted
     assert len(seen["std"]) == 3 and all(torch.equal(a, b) for a, b in zip(seen["std"], saved["mimic_stats"]["std"]))
     assert all(torch.equal(v, saved["connectors"][k]) for k, v in seen["adapters"].items())
     rows = _csv(trainer.csv)
@@ -797,7 +799,7 @@ def test_resume_inside_the_graft_stage(data_yaml, tiny, tmp_path, untrained):
     resumed = YOLO(last)
     resumed.train(trainer=KDTrainer, resume=True)
     trainer = resumed.trainer
-    assert trainer.start_epoch == 1 and trainer.kd_start.mode == "graft" and trainer._kd_transplanted
+    assert trainer.start_epoch == 1 and trainer.kd_start.mode == "graft" and trainer.kd_stage.transplanted
     assert trainer.kd_stage.graft.entries == ((5, 4), (6, 6), (7, 9))
     rows = _csv(trainer.csv)
     assert [float(r["train/kdgraft_loss"]) > 0 for r in rows] == [True, True, False]

@@ -7,6 +7,7 @@ import torch
 from ultralytics.utils import callbacks
 
 from ultralytics_kd import KDTrainer
+from ultralytics_kd.distill.teacher import validate_teacher
 
 
 def _setup(teacher, data_yaml, tiny, tmp_path, **kw) -> KDTrainer:
@@ -38,7 +39,7 @@ def test_teacher_check_leaves_teacher_untouched(kind, data_yaml, teacher_pt, tin
     before = {k: v.clone() for k, v in model.state_dict().items()}
     head = model.model[-1]
     e2e = getattr(head, "end2end", None)
-    metrics = trainer._check_teacher()
+    metrics = validate_teacher(model, trainer.test_loader, trainer.args, trainer.save_dir)
     assert "metrics/mAP50-95(B)" in metrics and fired == []
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())

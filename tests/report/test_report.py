@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import matplotlib
 import pytest
 
-from ultralytics_kd.engine.trainer import _write_report
+from ultralytics_kd.engine.callbacks import _write_report
 from ultralytics_kd.report import cli as report_cli
 
 HEADER = "epoch,train/box_loss,train/kdcls_loss,metrics/mAP50(B),metrics/mAP50-95(B)\n"

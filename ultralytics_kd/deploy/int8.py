@@ -49,12 +49,15 @@ from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
 __all__ = [
     "MODELOPT_HINT",
     "average_pools_as_convs",
+    "check_qat_start",
     "export_preflight",
     "float_nodes",
+    "freeze_batchnorm",
     "install_int8_hooks",
     "is_int8",
     "onnx_int8_quantize",
     "prepare_qat",
+    "qat_fine_tune",
     "require_modelopt",
     "unquantized_modules",
 ]
@@ -275,3 +278,59 @@ def install_int8_hooks() -> None:
         hooked = functools.wraps(stock)(functools.partial(onnx_int8_quantize, stock))
         hooked._ultralytics_kd = True
         onnx_export.onnx_int8_quantize = hooked
+
+
+def qat_fine_tune(args, given: dict) -> float | None:
+    """Settings of a QAT fine-tune (``quantize=8``) that the user did not set; return the factor for the optimizer's lr.
+
+    QAT fine-tunes a trained student for a few epochs. The stock schedule would restart at lr0 with a warm-up (bias lr
+    0.1), which throws a converged student far off before its INT8 ranges matter; QAT recipes instead hold the learning
+    rate the float training ended at. So, unless given: no warm-up, a constant rate (``lrf=1``), and that rate is the
+    end of the stock schedule, the optimizer's own lr times the default ``lrf`` (applied by the trainer's
+    ``build_optimizer``, after ``optimizer=auto`` picked its optimizer and lr).
+
+    Args:
+        args: The trainer's args; changed in place.
+        given (dict): The train arguments the user gave.
+
+    Returns:
+        (float | None): The factor for every parameter group's lr, or None (not QAT, or lr0/lrf given).
+    """
+    if not is_int8(args.quantize):
+        return None
+    scale = None if "lr0" in given or "lrf" in given else float(args.lrf)
+    changed = []
+    if "warmup_epochs" not in given:
+        args.warmup_epochs = 0
+        changed.append("warmup_epochs=0")
+    if "lrf" not in given:
+        args.lrf = 1.0
+        changed.append("lrf=1")
+    if scale:
+        changed.append(f"the optimizer's lr x {scale:g}")
+    if changed:
+        LOGGER.info(
+            f"{PREFIX} quantize=8 fine-tunes a trained student at the rate a stock run ends with: "
+            + ", ".join(changed)
+            + " (set lr0, lrf or warmup_epochs to choose yourself)"
+        )
+    return scale
+
+
+def check_qat_start(quantize, has_stage: bool) -> None:
+    """Refuse QAT for a student that would start with a mimic stage: QAT fine-tunes a trained student."""
+    if has_stage and is_int8(quantize):
+        raise ValueError(
+            "quantize=8 fine-tunes a trained student, and this one would start with a mimic stage (it has no "
+            "weights of its own). Distil it in FP32 first, then fine-tune with the teacher: yolo-kd train "
+            "model=runs/detect/train/weights/best.pt teacher=... data=... quantize=8 epochs=10"
+        )
+
+
+def freeze_batchnorm(model: nn.Module, quantize) -> None:
+    """Under QAT (``quantize=8``) BatchNorm keeps the statistics its INT8 ranges were calibrated with, as QAT recipes
+    do: the fine-tune is short, and a batch's statistics would shift the calibrated ranges."""
+    if is_int8(quantize):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

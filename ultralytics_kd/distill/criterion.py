@@ -29,7 +29,7 @@ from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.losses.box import expected_sides
 from ultralytics_kd.distill.recorders import FeatureRecorder
 
-__all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss", "TeacherAssigner", "teacher_boxes"]
+__all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss", "TeacherAssigner", "install_criterion", "teacher_boxes"]
 
 
 @dataclass
@@ -255,3 +255,23 @@ class KDE2ELoss(_KDTerms, E2ELoss):
         """Stock end-to-end loss plus the distillation terms on the one-to-many outputs."""
         det, items = super().__call__(preds, batch)
         return self._add_kd(det, items, self.one2many.parse_output(preds)["one2many"], batch)
+
+
+def install_criterion(model: nn.Module, terms: Sequence[KDTerm], *, lad: bool = False, **kwargs) -> None:
+    """Give ``model`` the distillation criterion for its head: ``KDE2ELoss`` for an end-to-end one, else
+    ``KDDetectionLoss``.
+
+    Installed after the stock trainer copied the model for its EMA, so neither the EMA nor its checkpoints carry it. A
+    resumed end-to-end run keeps the one-to-many/one-to-one schedule its restored stock criterion had reached.
+
+    Args:
+        model (nn.Module): The unwrapped student.
+        terms (Sequence[KDTerm]): The active terms.
+        lad (bool): Assign the student's targets from the teacher (one-to-many heads only).
+        **kwargs: ``alpha``, ``conf_weight``, ``connectors``, ``max_ratio`` of the criterion.
+    """
+    end2end = getattr(model.model[-1], "one2one_cv2", None) is not None
+    resumed = getattr(model, "criterion", None)
+    model.criterion = KDE2ELoss(model, terms, **kwargs) if end2end else KDDetectionLoss(model, terms, lad=lad, **kwargs)
+    if end2end and resumed is not None:
+        model.criterion.updates, model.criterion.o2m, model.criterion.o2o = resumed.updates, resumed.o2m, resumed.o2o

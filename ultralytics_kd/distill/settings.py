@@ -5,7 +5,8 @@ Checks run before any file, model or dataset is touched, and every message names
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,16 @@ from ultralytics.utils import YAML
 
 from ultralytics_kd.distill.recipes import _expand_weights, get_recipe
 
-__all__ = ["INIT_MODES", "KD_CFG_PATH", "KD_DEFAULTS", "KD_KEYS", "check_kd_args", "kd_args"]
+__all__ = [
+    "INIT_MODES",
+    "KD_CFG_PATH",
+    "KD_DEFAULTS",
+    "KD_KEYS",
+    "check_before_setup",
+    "check_kd_args",
+    "kd_args",
+    "stock_args",
+]
 
 KD_CFG_PATH = Path(__file__).resolve().parents[1] / "cfg" / "kd.yaml"
 KD_DEFAULTS: dict[str, Any] = YAML.load(KD_CFG_PATH)
@@ -43,6 +53,8 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         args (Mapping[str, Any]): Train arguments; keys other than ``teacher`` and ``kd_*`` are ignored.
 
     Raises:
+        SyntaxError: A ``kd_*`` key that does not exist, with the closest ones (before the stock key check, which
+            would print the whole ``yolo`` help first).
         ValueError: Naming the offending key, its value and the fix.
 
     Examples:
@@ -52,6 +64,17 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         ...
         ValueError: kd_T=0.0 must be > 0 (a softmax temperature), e.g. kd_T=2
     """
+    if unknown := sorted(k for k in args if str(k).startswith("kd_") and k not in KD_KEYS):
+        from difflib import get_close_matches
+
+        raise SyntaxError(
+            " ".join(
+                f"'{k}' is not a valid YOLO argument (no distillation setting has that name); similar: "
+                f"{get_close_matches(k, KD_KEYS, cutoff=0.5) or 'none'}."
+                for k in unknown
+            )
+            + f" The kd_* keys and their defaults are in {KD_CFG_PATH}"
+        )
     args = kd_args(args)
     if (t := _number(args, "kd_T")) is not None and t <= 0:
         raise ValueError(f"kd_T={t} must be > 0 (a softmax temperature), e.g. kd_T=2")
@@ -79,3 +102,63 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
     for key in ("teacher", "kd_teacher_weights"):
         if args[key] is not None and not isinstance(args[key], (str, Path)):
             raise ValueError(f"{key}={args[key]!r} must be a file path")
+
+
+def check_before_setup(given: Mapping[str, Any]) -> None:
+    """Checks that need no dataset or model, run before the stock trainer creates directories or loads anything.
+
+    Args:
+        given (Mapping[str, Any]): The train arguments as given (defaults and overrides merged).
+
+    Raises:
+        ValueError | FileNotFoundError: Naming the setting and the fix.
+    """
+    from ultralytics_kd.deploy.int8 import is_int8
+
+    check_kd_args(given)
+    if given.get("resume"):
+        return  # the teacher and settings come from the checkpoint; they are checked once it is read
+    teacher, weights = given.get("teacher"), given.get("kd_teacher_weights")
+    if not teacher:
+        raise ValueError("KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model)")
+    if weights and Path(teacher).suffix not in {".yaml", ".yml"}:
+        raise ValueError(
+            f"teacher='{teacher}' is a checkpoint, which carries its own weights, and kd_teacher_weights='{weights}' "
+            f"fills only a YAML teacher. Pass one file: teacher={weights}, or teacher=model.yaml "
+            f"kd_teacher_weights={weights}"
+        )
+    if is_int8(given.get("quantize")) and not _own_data(given.get("data")):
+        raise ValueError(
+            "quantize=8 (QAT) calibrates its INT8 ranges on your training images: pass data=your_data.yaml. Without "
+            "it Ultralytics falls back to a sample set it would download, which this plugin does not allow"
+        )
+    if given.get("compile") and given.get("kd_feat_layers"):
+        raise ValueError(
+            "compile=True is not supported with kd_feat_layers: hooks on the student's layers break the compiled "
+            "graph. Drop kd_feat_layers (the Detect inputs are distilled without hooks) or set compile=False"
+        )
+    for key in ("teacher", "kd_teacher_weights"):
+        p = given.get(key)
+        if p and Path(p).suffix not in {".yaml", ".yml"} and not Path(p).is_file():  # YAML names resolve later
+            raise FileNotFoundError(f"{key}='{p}' not found; pass an existing file, e.g. {key}=best.pt")
+
+
+def _own_data(data) -> bool:
+    """A ``data=`` the user chose: set, and not Ultralytics' fallback sample set unless that exists locally."""
+    from ultralytics.cfg import TASK2DATA
+
+    return bool(data) and (str(data) != TASK2DATA["detect"] or Path(str(data)).is_file())
+
+
+@contextmanager
+def stock_args(args: Any) -> Iterator[Any]:
+    """Hide the ``teacher``/``kd_*`` attributes of ``args`` for a block that re-checks them against stock keys.
+
+    Validators rebuild their config from a copy of the trainer's args with the strict stock key check; they need no
+    distillation settings, so they get none, and the trainer's args keep them.
+    """
+    saved = {k: args.__dict__.pop(k) for k in KD_DEFAULTS if k in args.__dict__}
+    try:
+        yield args
+    finally:
+        args.__dict__.update(saved)

@@ -9,15 +9,33 @@ student's own loss trains.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.modules.head import Detect
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
+from ultralytics.utils import LOGGER, RANK, colorstr
 
-__all__ = ["FrozenTeacher", "check_pair", "file_sha256", "load_teacher"]
+from ultralytics_kd.distill.settings import stock_args
+
+__all__ = [
+    "FrozenTeacher",
+    "check_pair",
+    "file_sha256",
+    "load_teacher",
+    "preserved_rng",
+    "teacher_file",
+    "teacher_sha256",
+    "validate_teacher",
+]
+
+PREFIX = colorstr("KD:")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -29,13 +47,31 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def teacher_file(args: Any) -> str | None:
+    """The file the teacher's weights are loaded from: ``kd_teacher_weights`` for a YAML teacher, else ``teacher``."""
+    return args.kd_teacher_weights or args.teacher
+
+
+def teacher_sha256(args: Any) -> str:
+    """Hash of the teacher's weights file (:func:`teacher_file`), or an error that says how to give a moved one."""
+    path = teacher_file(args)
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"teacher file '{path}' not found. On resume, a teacher that moved can be given again: "
+            f"yolo-kd train resume model=path/to/last.pt teacher=new/path/teacher.pt (its hash is checked)"
+        )
+    return file_sha256(path)
+
+
 def _load_pt(path: Path) -> nn.Module:
     try:
         return load_checkpoint(path)[0]
-    except Exception as e:  # any unreadable or foreign file: one message with the fix
+    except Exception as e:  # any unreadable or foreign file: our cause and fix first, the loader's reason after it
+        cause = e.__cause__ or e.__context__ or e
         raise ValueError(
-            f"teacher '{path}' is not a loadable Ultralytics checkpoint ({type(e).__name__}: {e}). Pass the best.pt "
-            f"of an Ultralytics detection training run"
+            f"teacher '{path}' is not an Ultralytics checkpoint that torch can load ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else 'no details'}). Pass the best.pt or last.pt of an "
+            f"Ultralytics detection training run, e.g. teacher=runs/detect/train/weights/best.pt"
         ) from e
 
 
@@ -175,3 +211,67 @@ class FrozenTeacher(nn.Module):
         out = self.model(img.to(next(self.model.parameters()).dtype))
         preds = out[1] if isinstance(out, tuple) else out
         return {**preds.get("one2many", preds), "head": self.model.model[-1]}
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore Python, NumPy and torch RNG states after the block.
+
+    The teacher check runs a validation pass, which draws random numbers; without this a distilled run would see other
+    augmentations and batch orders than a scratch run with the same seed, and the comparison would not be like for like.
+    """
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class _TeacherValidator(DetectionValidator):
+    """The stock validator without callbacks: integrations (W&B, MLflow, ...) log the student's run, not the teacher."""
+
+    def run_callbacks(self, event: str) -> None:
+        pass
+
+
+def validate_teacher(model: nn.Module, dataloader, args: Any, save_dir: Path) -> dict:
+    """Validate the teacher on the trainer's val loader; warn when it detects too little to teach anything.
+
+    Every batch needs the teacher as loaded, while AutoBackend fuses what it validates and, for an end-to-end model,
+    picks a branch by ``args.nms``; the stock standalone validator works on a copy (``get_model``), which
+    tests/engine/test_teacher_check.py holds it to. The RNG states are restored afterwards (:func:`preserved_rng`).
+
+    Args:
+        model (nn.Module): The unfused teacher.
+        dataloader: The trainer's val (``test_loader``) loader.
+        args: The trainer's args; the distillation keys are hidden from the stock validator.
+        save_dir (Path): The run folder.
+
+    Returns:
+        (dict): The validation metrics (empty on DDP ranks other than 0, which only contribute their shard).
+    """
+    with stock_args(args):
+        args = copy(args)
+    args.plots = args.save_json = False
+    with preserved_rng():
+        metrics = _TeacherValidator(dataloader, save_dir=save_dir, args=args)(model=model)
+    if RANK > 0:
+        return {}
+    m95, m50 = metrics.get("metrics/mAP50-95(B)", 0.0), metrics.get("metrics/mAP50(B)", 0.0)
+    LOGGER.info(f"{PREFIX} teacher on '{args.split}': mAP50-95 {m95:.3f}, mAP50 {m50:.3f}")
+    if m50 < 0.05:
+        LOGGER.warning(
+            f"{PREFIX} ⚠️ the teacher reaches only mAP50={m50:.3f} on this dataset: distilling from it will likely "
+            f"make the student worse. Check that it was trained on this data (and class order), or set "
+            f"kd_teacher_check=False to silence this check"
+        )
+    return metrics
