@@ -41,6 +41,7 @@ _SIZE_SCALE = {"disc": 0.9, "square": 1.0, "triangle": 1.1, "ring": 1.15, "cross
 DIFFICULTIES = {"easy": 0.0, "normal": 0.5, "hard": 1.0}
 MARKER = ".ultralytics_kd_synth.json"
 SPLITS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # training images whose labels are held back (unlabeled_frac)
 _VERSION = 1  # bump whenever the rendering changes, so cached datasets are regenerated rather than reused
 _SHIFT = 4  # OpenCV fixed-point bits: sub-pixel shape geometry, so small objects are not snapped to the pixel grid
 _MIN_PX = 8  # smallest object diameter in pixels; below this the five outlines are indistinguishable
@@ -95,6 +96,7 @@ def make_synthetic_dataset(
     classes: Sequence[str] | str | None = None,
     difficulty: str | float = "normal",
     exist_ok: bool = False,
+    unlabeled_frac: float = 0.0,
 ) -> Path:
     """Write a YOLO-format synthetic detection dataset and return the path of its ``data.yaml``.
 
@@ -113,6 +115,9 @@ def make_synthetic_dataset(
         difficulty: "easy", "normal", "hard" or a float in [0, 1]; sets object count and size, clutter, noise,
             occlusion, contrast and how loosely texture follows the class.
         exist_ok: Reuse or regenerate an existing dataset made by this generator instead of refusing.
+        unlabeled_frac: Share of the training images whose labels are held back, in [0, 1): they go to
+            ``images/unlabeled`` (named by the data YAML's ``unlabeled`` key, which ``KDTrainer`` reads), their labels
+            to ``labels_hidden/unlabeled``, where no loader finds them (for scoring a run with them as a ceiling).
 
     Returns:
         (Path): Absolute path of ``out/data.yaml``, ready for ``YOLO(...).train(data=...)``.
@@ -123,7 +128,7 @@ def make_synthetic_dataset(
         NotADirectoryError: When ``out`` or one of its parents is a file.
         PermissionError: When ``out`` cannot be written.
     """
-    params = _check_params(n, imgsz, seed, val_frac, test_frac, classes, difficulty)
+    params = _check_params(n, imgsz, seed, val_frac, test_frac, classes, difficulty, unlabeled_frac)
     out = Path(out).expanduser().resolve()
     state = _inspect_out(out, params, exist_ok)
     if state == "reuse":
@@ -179,7 +184,18 @@ def cli(args: dict[str, Any]) -> Path:
     Examples:
         $ yolo-kd synth out=datasets/synth n=200 imgsz=320 seed=0 difficulty=hard
     """
-    known = ("out", "n", "imgsz", "seed", "val_frac", "test_frac", "classes", "difficulty", "exist_ok")
+    known = (
+        "out",
+        "n",
+        "imgsz",
+        "seed",
+        "val_frac",
+        "test_frac",
+        "classes",
+        "difficulty",
+        "exist_ok",
+        "unlabeled_frac",
+    )
     unknown = sorted(set(args) - set(known))
     if unknown:
         raise ValueError(f"unknown synth argument(s) {unknown}; valid keys are {', '.join(known)}")
@@ -205,14 +221,14 @@ def cli(args: dict[str, Any]) -> Path:
 # ------------------------------------------------------------------------------------------------ argument checks
 
 
-def _check_params(n, imgsz, seed, val_frac, test_frac, classes, difficulty) -> dict[str, Any]:
+def _check_params(n, imgsz, seed, val_frac, test_frac, classes, difficulty, unlabeled_frac=0.0) -> dict[str, Any]:
     """Validate the generation arguments and return them normalised, as stored in the marker file."""
     for name, value, lo, hi in (("n", n, 1, 1_000_000), ("imgsz", imgsz, 32, 4096), ("seed", seed, 0, 2**63 - 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name}={value!r} must be a whole number between {lo} and {hi}")
         if not lo <= value <= hi:
             raise ValueError(f"{name}={value} is out of range; use a whole number between {lo} and {hi}")
-    for name, value in (("val_frac", val_frac), ("test_frac", test_frac)):
+    for name, value in (("val_frac", val_frac), ("test_frac", test_frac), ("unlabeled_frac", unlabeled_frac)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f"{name}={value!r} must be a fraction in [0, 1), e.g. {name}=0.2")
     if val_frac + test_frac >= 1:
@@ -225,6 +241,9 @@ def _check_params(n, imgsz, seed, val_frac, test_frac, classes, difficulty) -> d
             f"n={n} with val_frac={val_frac} and test_frac={test_frac} leaves no training images "
             f"({n_val} val, {n_test} test); raise n or lower the fractions"
         )
+    if unlabeled_frac and n - n_val - n_test - _unlabeled_size(n - n_val - n_test, unlabeled_frac) < 1:
+        raise ValueError(f"unlabeled_frac={unlabeled_frac} leaves no labelled training image; lower it or raise n")
+    extra = {"unlabeled_frac": float(unlabeled_frac)} if unlabeled_frac else {}  # older markers still match
     return {
         "version": _VERSION,
         "n": int(n),
@@ -234,6 +253,7 @@ def _check_params(n, imgsz, seed, val_frac, test_frac, classes, difficulty) -> d
         "test_frac": float(test_frac),
         "classes": _check_classes(classes),
         "difficulty": _difficulty_value(difficulty),
+        **extra,
     }
 
 
@@ -264,6 +284,11 @@ def _difficulty_value(difficulty: str | float) -> float:
     if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not 0 <= difficulty <= 1:
         raise ValueError(f"difficulty={difficulty!r} must be one of {', '.join(DIFFICULTIES)} or a float in [0, 1]")
     return float(difficulty)
+
+
+def _unlabeled_size(n_train: int, frac: float) -> int:
+    """Training images whose labels are held back: rounded, but at least one for a non-zero fraction."""
+    return max(1, round(n_train * frac)) if frac > 0 else 0
 
 
 def _split_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int]:
@@ -300,7 +325,8 @@ def _inspect_out(out: Path, params: dict[str, Any], exist_ok: bool) -> str:
 def _files_match(out: Path, marker: dict[str, Any]) -> bool:
     """Cheap integrity check before reuse: every split holds as many images and label files as generated."""
     for split, k in marker.get("counts", {}).get("images", {}).items():
-        if k and (_count(out / "images" / split, "*.png") != k or _count(out / "labels" / split, "*.txt") != k):
+        labels = out / ("labels_hidden" if split == UNLABELED else "labels") / split
+        if k and (_count(out / "images" / split, "*.png") != k or _count(labels, "*.txt") != k):
             return False
     return (out / "data.yaml").is_file()
 
@@ -330,9 +356,11 @@ def _check_writable(out: Path, params: dict[str, Any]) -> None:
 
 def _remove_generated(out: Path) -> None:
     """Delete only what this generator wrote (and Ultralytics' label caches), leaving anything else in ``out``."""
-    for sub in ("images", "labels"):
-        for split in SPLITS:
+    for sub in ("images", "labels", "labels_hidden"):
+        for split in (*SPLITS, UNLABELED):
             shutil.rmtree(out / sub / split, ignore_errors=True)
+    if (out / "labels_hidden").is_dir() and not any((out / "labels_hidden").iterdir()):
+        (out / "labels_hidden").rmdir()
     for cache in (out / "labels").glob("*.cache"):
         cache.unlink()
     for name in ("data.yaml", MARKER):
@@ -363,6 +391,8 @@ def _write_data_yaml(out: Path, params: dict[str, Any]) -> Path:
     data: dict[str, Any] = {"path": str(out), "train": "images/train", "val": "images/val"}
     if params["test_frac"] > 0:
         data["test"] = "images/test"
+    if params.get("unlabeled_frac"):
+        data[UNLABELED] = f"images/{UNLABELED}"
     data["nc"] = len(params["classes"])
     data["names"] = dict(enumerate(params["classes"]))
     header = (
@@ -382,10 +412,12 @@ def _generate(out: Path, params: dict[str, Any]) -> dict[str, dict[str, int]]:
     split_of = np.full(n, "train", dtype=object)
     split_of[order[:n_val]] = "val"
     split_of[order[n_val : n_val + n_test]] = "test"
-    used = [s for s in SPLITS if s != "test" or n_test]
+    n_unlabeled = _unlabeled_size(n - n_val - n_test, params.get("unlabeled_frac", 0.0))
+    split_of[order[n_val + n_test : n_val + n_test + n_unlabeled]] = UNLABELED  # train images, labels held back
+    used = [s for s in (*SPLITS, UNLABELED) if (s != "test" or n_test) and (s != UNLABELED or n_unlabeled)]
     for split in used:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (out / ("labels_hidden" if split == UNLABELED else "labels") / split).mkdir(parents=True, exist_ok=True)
 
     knobs = _Knobs.at(params["difficulty"])
     size = params["imgsz"]
@@ -399,7 +431,7 @@ def _generate(out: Path, params: dict[str, Any]) -> dict[str, dict[str, int]]:
         for c, x1, y1, x2, y2 in labels.tolist():
             cx, cy, w, h = (x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size
             lines.append(f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-        (out / "labels" / split / f"{stem}.txt").write_text("".join(lines))
+        (out / ("labels_hidden" if split == UNLABELED else "labels") / split / f"{stem}.txt").write_text("".join(lines))
         boxes += np.bincount(labels[:, 0].astype(int), minlength=len(names))
     return {
         "images": {s: int((split_of == s).sum()) for s in used},

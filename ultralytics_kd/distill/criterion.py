@@ -29,7 +29,15 @@ from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.losses.box import expected_sides
 from ultralytics_kd.distill.recorders import FeatureRecorder
 
-__all__ = ["KDBatch", "KDDetectionLoss", "KDE2ELoss", "TeacherAssigner", "install_criterion", "teacher_boxes"]
+__all__ = [
+    "KDBatch",
+    "KDDetectionLoss",
+    "KDE2ELoss",
+    "TeacherAssigner",
+    "install_criterion",
+    "teacher_boxes",
+    "unlabeled_item",
+]
 
 
 @dataclass
@@ -47,6 +55,9 @@ class KDBatch:
             train, the detection loss and every other term weigh 0.
         entry_recorder (FeatureRecorder | None): Hooks on the student's backbone outputs during a graft's stage, read
             by the ``"entries"`` terms; the teacher's are under ``teacher["entries"]``.
+        n_labeled (int | None): With ``unlabeled=``: the batch's first ``n_labeled`` images have labels, the rest have
+            none (``distill/unlabeled.py``); the stock loss reads the first ones only, and every term reports on
+            each kind apart. None: every image is labelled.
     """
 
     teacher: dict[str, Any] | None
@@ -56,6 +67,7 @@ class KDBatch:
     student_recorder: FeatureRecorder | None = None
     mimic: bool = False
     entry_recorder: FeatureRecorder | None = None
+    n_labeled: int | None = None
 
 
 class TeacherAssigner(nn.Module):
@@ -99,6 +111,23 @@ def teacher_boxes(raw: torch.Tensor, feats: list[torch.Tensor], strides: torch.T
     return dist2bbox(expected_sides(raw), anchor_points.float(), xywh=False) * stride_tensor.float()
 
 
+def unlabeled_item(item: str) -> str:
+    """The column of a term's value on unlabelled images: ``kdcls_loss`` -> ``ucls_loss`` (the progress bar's columns
+    are 11 characters wide)."""
+    return "u" + item.removeprefix("kd")
+
+
+def _take(x: Any, sl: slice, bs: int) -> Any:
+    """``x`` restricted to the images ``sl`` of a batch of ``bs``: tensors and lists of them, inside dicts too."""
+    if isinstance(x, torch.Tensor):
+        return x[sl] if x.dim() and x.shape[0] == bs else x
+    if isinstance(x, dict):
+        return {k: _take(v, sl, bs) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_take(v, sl, bs) for v in x)
+    return x
+
+
 class _KDTerms:
     """The distillation half shared by the one-to-many and the end-to-end criteria."""
 
@@ -118,29 +147,51 @@ class _KDTerms:
     def _add_kd(
         self, det: torch.Tensor, items: dict, preds: dict[str, Any], batch: dict[str, Any]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Append the terms to the stock (loss vector * batch size, items) pair; ``preds`` is the one-to-many dict."""
+        """Append the terms to the stock (loss vector * batch size, items) pair; ``preds`` is the one-to-many dict.
+
+        With unlabelled images (``KDBatch.n_labeled``), ``det`` covers the labelled images only, and each term is
+        evaluated on the labelled and on the unlabelled images apart, the latter under ``unlabeled_item(term.item)``.
+        """
         bs = preds["scores"].shape[0]
         kd: KDBatch | None = batch.get("kd")
+        n = bs if kd is None or kd.n_labeled is None else kd.n_labeled
+        parts = [(slice(0, n), n, "")] + ([(slice(n, bs), bs - n, "u")] if kd is not None and n != bs else [])
         if kd is None or kd.teacher is None or not len(self.terms):
             for rec in (kd.student_recorder, kd.entry_recorder) if kd is not None else ():
                 if rec is not None:
                     rec.stop()
-            kd_vec = det.new_zeros(len(self.terms))
+            vecs = [det.new_zeros(len(self.terms)) for _ in parts]
         else:
-            kd_vec = self._terms(preds, kd, det_per_image=det.detach().sum() / bs)
-        items = {**items, **{t.item: v for t, v in zip(self.terms, kd_vec.detach())}}
+            student = self._student(preds, kd)
+            per_image = det.detach().sum() / n if n else None  # the cap's reference: the labelled images' loss
+            vecs = [
+                self._terms(_take(student, sl, bs), _take(kd.teacher, sl, bs), kd, per_image)
+                if k
+                else det.new_zeros(len(self.terms))
+                for sl, k, _ in parts
+            ]
+        for (_, _, kind), vec in zip(parts, vecs):
+            items = {
+                **items,
+                **{unlabeled_item(t.item) if kind else t.item: v for t, v in zip(self.terms, vec.detach())},
+            }
         alpha = 0.0 if kd is not None and kd.mimic else self.alpha  # the mimic stage trains the features alone
-        return torch.cat([det * alpha, kd_vec * bs]), items
+        return torch.cat([det * alpha, *(vec * k for (_, k, _), vec in zip(parts, vecs))]), items
 
-    def _terms(self, preds: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor) -> torch.Tensor:
-        """Evaluate every term in fp32 and apply schedule and cap."""
+    @staticmethod
+    def _student(preds: dict[str, Any], kd: KDBatch) -> dict[str, Any]:
+        """The student's side of every term (features from the recorders where they are hooked)."""
         feats = kd.student_recorder.pop() if kd.student_recorder is not None else preds["feats"]
         entries = kd.entry_recorder.pop() if kd.entry_recorder is not None else None
-        student = {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats, "entries": entries}
-        teacher = kd.teacher
-        with torch.autocast(preds["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
+        return {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats, "entries": entries}
+
+    def _terms(
+        self, student: dict[str, Any], teacher: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Evaluate every term in fp32 and apply schedule and cap (none without a detection loss to cap by)."""
+        with torch.autocast(student["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
             conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
-            sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]
+            sizes = [f.shape[-2] * f.shape[-1] for f in student["feats"]] if student["feats"] else [conf.shape[1]]
             context = {
                 "anchor_weight": conf if self.conf_weight else None,
                 "teacher_conf": conf,
@@ -151,7 +202,7 @@ class _KDTerms:
             values = []
             for term in self.terms:
                 if (term.stage == "mimic") != kd.mimic:  # a term of the other stage reports 0
-                    values.append(preds["scores"].new_zeros((), dtype=torch.float32))
+                    values.append(student["scores"].new_zeros((), dtype=torch.float32))
                     continue
                 s, t = student[term.source], teacher[term.source]
                 if term.source == "feats":
@@ -164,7 +215,7 @@ class _KDTerms:
                 f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
                 f"{bad}); lower kd_T/kd_weights or lr0, or check the teacher's outputs"
             )
-        if self.max_ratio > 0 and not kd.mimic:  # a term may not swamp the detection loss (why native hurt on BCCD)
+        if self.max_ratio > 0 and not kd.mimic and det_per_image is not None:  # no term may swamp the detection loss
             cap = self.max_ratio * det_per_image
             vec = vec * (cap / vec.detach().clamp_min(1e-12)).clamp(max=1.0)
         return vec
@@ -213,14 +264,22 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
             self.assigner = TeacherAssigner(self.assigner)
 
     def loss(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Detection loss plus the distillation terms, in the stock contract."""
+        """Detection loss (of the labelled images) plus the distillation terms, in the stock contract."""
         kd: KDBatch | None = batch.get("kd")
-        if not isinstance(self.assigner, TeacherAssigner) or kd is None or kd.teacher is None:
-            return self._add_kd(*super().loss(preds, batch), preds, batch)
-        t = kd.teacher
-        teacher = t["scores"].float().sigmoid().transpose(1, 2), teacher_boxes(t["boxes"], preds["feats"], self.stride)
-        det, items = self.get_assigned_targets_and_loss(preds, batch, teacher=teacher)[1:]
-        det = det * preds["boxes"].shape[0]  # the stock contract: loss vector times batch size, as v8DetectionLoss.loss
+        bs = preds["boxes"].shape[0]
+        n = bs if kd is None or kd.n_labeled is None else kd.n_labeled
+        labelled = _take(preds, slice(0, n), bs) if n != bs else preds  # an unlabelled image never reaches it
+        if n == 0:  # no labelled image: the stock loss on the batch keeps its columns, weighted 0
+            det, items = super().loss(preds, batch)
+            det, items = det * 0.0, {k: v * 0.0 for k, v in items.items()}
+        elif not isinstance(self.assigner, TeacherAssigner) or kd is None or kd.teacher is None:
+            det, items = super().loss(labelled, batch)
+        else:
+            t = _take(kd.teacher, slice(0, n), bs)
+            boxes = teacher_boxes(t["boxes"], labelled["feats"], self.stride)
+            teacher = t["scores"].float().sigmoid().transpose(1, 2), boxes
+            det, items = self.get_assigned_targets_and_loss(labelled, batch, teacher=teacher)[1:]
+            det = det * n  # the stock contract: loss vector times batch size, as v8DetectionLoss.loss
         return self._add_kd(det, items, preds, batch)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["kd_scale"]
+from typing import Any
+
+__all__ = ["batch_scale", "kd_scale"]
 
 
 def kd_scale(
@@ -33,3 +35,15 @@ def kd_scale(
         frac = min(1.0, max(0.0, (progress - warmup) / (epochs - warmup)))
         scale *= 1.0 + (decay - 1.0) * frac
     return scale
+
+
+def batch_scale(args: Any, epoch: int, i: int, batches: int, epochs: int, stage: Any = None) -> tuple[bool, float]:
+    """Whether batch ``i`` of ``epoch`` belongs to a mimic stage, and the multiplier of its terms.
+
+    The stage's imitation term is the whole loss, at full strength; after it (or without one) ``kd_scale`` applies
+    ``kd_warmup``, ``kd_decay`` and ``kd_off_last`` (which stops distilling in the last ``close_mosaic`` epochs).
+    """
+    if stage is not None and stage.active(epoch):
+        return True, 1.0
+    off_from = epochs - args.close_mosaic if args.kd_off_last and args.close_mosaic else None
+    return False, kd_scale(epoch + i / max(batches, 1), epochs, args.kd_warmup, args.kd_decay, off_from)

@@ -82,6 +82,11 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         raise ValueError(f"kd_alpha={a} must be in [0, 1] (the weight of the detection loss), e.g. kd_alpha=0.65")
     if (m := _number(args, "kd_mimic_epochs")) is not None and m <= 0:
         raise ValueError(f"kd_mimic_epochs={m} must be > 0 (epochs, or a fraction of epochs below 1), e.g. 0.25")
+    if (r := _number(args, "kd_unlabeled_ratio")) is not None and r <= 0:
+        raise ValueError(f"kd_unlabeled_ratio={r} must be > 0 (unlabelled images per labelled one), e.g. 1.0")
+    u = args["unlabeled"]
+    if u is not None and not (isinstance(u, (str, Path)) or isinstance(u, (list, tuple)) and u):
+        raise ValueError(f"unlabeled={u!r} must be a folder, a .txt list of images, or a list of these")
     for key in ("kd_warmup", "kd_decay", "kd_max_ratio"):
         if (v := _number(args, key)) is not None and v < 0:
             raise ValueError(f"{key}={v} must be >= 0, e.g. {key}={KD_DEFAULTS[key]}")
@@ -120,7 +125,13 @@ def check_before_setup(given: Mapping[str, Any]) -> None:
         return  # the teacher and settings come from the checkpoint; they are checked once it is read
     teacher, weights = given.get("teacher"), given.get("kd_teacher_weights")
     if not teacher:
-        raise ValueError("KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model)")
+        why = "; unlabeled= images learn from the teacher's outputs alone" if given.get("unlabeled") else ""
+        raise ValueError(f"KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model){why}")
+    if given.get("unlabeled") and given.get("rect"):
+        raise ValueError(
+            "rect=True gives each labelled batch its own shape, and unlabelled images join every batch at imgsz: "
+            "drop rect=True (or unlabeled=)"
+        )
     if weights and Path(teacher).suffix not in {".yaml", ".yml"}:
         raise ValueError(
             f"teacher='{teacher}' is a checkpoint, which carries its own weights, and kd_teacher_weights='{weights}' "

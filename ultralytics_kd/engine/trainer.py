@@ -29,7 +29,7 @@ from torch import distributed as dist
 from torch import nn
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fine_tune
@@ -37,11 +37,12 @@ from ultralytics_kd.distill.build import build_feature_side, build_terms
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
-from ultralytics_kd.distill.schedule import kd_scale
+from ultralytics_kd.distill.schedule import batch_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
+from ultralytics_kd.distill.unlabeled import LIST_NAME, find_unlabeled, merge_unlabeled, unlabeled_stream, write_list
 from ultralytics_kd.engine.callbacks import add_kd_callbacks
 from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher
 from ultralytics_kd.engine.rundir import discard_on_error, new_run_dir
@@ -90,6 +91,10 @@ class KDTrainer(DetectionTrainer):
             check_pair(teacher, data=self.data)
             self._kd_init_mode = get_recipe(a.kd_recipe).init if a.kd_init is None else a.kd_init
             self._kd_teacher_parts = TeacherParts.of(teacher, self._kd_init_mode)  # before FrozenTeacher fuses them
+            kept = self.save_dir / LIST_NAME  # a resumed run goes on with the images it started with
+            self.kd_unlabeled = find_unlabeled(kept if self.resume and kept.is_file() else a.unlabeled, self.data)
+            if self.kd_unlabeled and RANK in {-1, 0}:
+                write_list(self.kd_unlabeled, self.save_dir / LIST_NAME)
         # on CPU until _setup_train: a DDP worker's device (cuda:LOCAL_RANK) is only set by _setup_ddp, and the
         # launching process never trains, so a copy on self.device here would sit on cuda:0 in every process
         self.teacher = FrozenTeacher(teacher)
@@ -99,6 +104,7 @@ class KDTrainer(DetectionTrainer):
         self.kd_start, self.kd_stage = Start(init=self._kd_init_mode), None
         self._kd_student_rec = self._kd_teacher_rec = None
         self._kd_entry_recs = (None, None)  # student and teacher recorders of a graft stage's backbone outputs
+        self._kd_unlabeled = None  # the unlabelled images' batches (distill/unlabeled.py), from _setup_train on
         add_kd_callbacks(self)
 
     # setup ------------------------------------------------------------------------------------------------------------
@@ -210,6 +216,7 @@ class KDTrainer(DetectionTrainer):
             for v in self.kd_connectors.state_dict().values():
                 dist.broadcast(v, 0)
         self._kd_teacher_parts = None  # the student has started by now (a mimic stage holds the head it needs)
+        self._kd_unlabeled = unlabeled_stream(self)
         install_criterion(
             unwrap_model(self.model),
             self.kd_terms,
@@ -226,21 +233,17 @@ class KDTrainer(DetectionTrainer):
 
     # training loop ----------------------------------------------------------------------------------------------------
     def preprocess_batch(self, batch: dict) -> dict:
-        """Stock preprocessing, then the teacher's outputs for this batch under ``batch["kd"]``."""
-        batch = super().preprocess_batch(batch)
+        """Stock preprocessing (of the labelled and any unlabelled images together), then the teacher's outputs for
+        this batch under ``batch["kd"]``."""
         if not unwrap_model(self.model).training:  # e.g. QAT calibration passes: no loss, no teacher
-            return batch
-        a, i = self.args, self._kd_batch
-        mimic = self.kd_stage is not None and self.kd_stage.active(self.epoch)
-        if mimic:  # the imitation term is the whole loss, at full strength
-            scale = 1.0
-        else:
-            off_from = self.epochs - a.close_mosaic if a.kd_off_last and a.close_mosaic else None
-            scale = kd_scale(
-                self.epoch + i / max(len(self.train_loader), 1), self.epochs, a.kd_warmup, a.kd_decay, off_from
-            )
+            return super().preprocess_batch(batch)
+        i = self._kd_batch
+        mimic, scale = batch_scale(self.args, self.epoch, i, len(self.train_loader), self.epochs, self.kd_stage)
         active = [t for t in self.kd_terms if (t.stage == "mimic") == mimic] or (self.kd_lad and not mimic)
-        teacher, student_rec, entry_rec = None, None, None
+        teacher, student_rec, entry_rec, n_labeled = None, None, None, None
+        if scale > 0 and active and self._kd_unlabeled is not None:  # only a teacher teaches on unlabelled images
+            batch, n_labeled = merge_unlabeled(batch, next(self._kd_unlabeled))
+        batch = super().preprocess_batch(batch)
         s_entries, t_entries = self._kd_entry_recs if mimic else (None, None)
         if scale > 0 and active:  # off epochs (and init-only runs) skip the teacher entirely
             with torch.no_grad(), self._kd_teacher_rec or nullcontext() as rec, t_entries or nullcontext() as erec:
@@ -252,8 +255,14 @@ class KDTrainer(DetectionTrainer):
                 entry_rec = s_entries.start()
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
-        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic=mimic, entry_recorder=entry_rec)
+        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled)
         return batch
+
+    def _close_dataloader_mosaic(self):
+        """Close mosaic on the unlabelled images' loader too, when the stock loop closes it on the labelled one."""
+        super()._close_dataloader_mosaic()
+        if self._kd_unlabeled is not None:
+            self._kd_unlabeled.close_mosaic(self.args)
 
     def _kd_transplant(self) -> None:
         """End the mimic stage (``MimicStage.transplant``); the stage calls it here so that subclasses can wrap it."""

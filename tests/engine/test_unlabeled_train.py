@@ -1,0 +1,109 @@
+"""KDTrainer with unlabeled=: tiny CPU runs that train on labelled and unlabelled images end to end."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics import YOLO
+
+from ultralytics_kd import KDTrainer
+from ultralytics_kd.distill.unlabeled import LIST_NAME
+
+
+def _unlabelled(data_yaml: Path, folder: Path, n: int = 4) -> list[Path]:
+    """Copies of the val images without their label files (the val images themselves stay labelled)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        Path(shutil.copy(f, folder / f"u{f.name}")) for f in sorted((data_yaml.parent / "images" / "val").glob("*"))[:n]
+    ]
+
+
+def _mosaic_p(transform) -> float | None:
+    """The probability of the first Mosaic among a dataset's (nested) transforms."""
+    if type(transform).__name__ == "Mosaic":
+        return transform.p
+    for sub in getattr(transform, "transforms", None) or []:
+        if (p := _mosaic_p(sub)) is not None:
+            return p
+    return None
+
+
+class Spy(KDTrainer):
+    """Records, for every training batch, which files are labelled and which are not, and what the teacher saw."""
+
+    seen: list = []
+
+    def preprocess_batch(self, batch):
+        batch = super().preprocess_batch(batch)
+        kd = batch.get("kd")
+        if kd is not None and kd.teacher is not None:
+            n = kd.n_labeled
+            mosaic = _mosaic_p(self._kd_unlabeled.loader.dataset.transforms)
+            Spy.seen.append(
+                (
+                    self.epoch,
+                    list(batch["im_file"][:n]),
+                    list(batch["im_file"][n:]),
+                    kd.teacher["scores"].shape[0],
+                    batch["img"].shape[0],
+                    mosaic,
+                )
+            )
+        return batch
+
+
+def test_unlabelled_images_train_from_the_teacher_only(data_yaml, teacher_pt, tiny, tmp_path):
+    """A .txt list source: each step holds a labelled batch then an unlabelled one, the teacher sees all of them,
+    every unlabelled file comes from the list (mosaic never pastes the two kinds together), each kind has its
+    columns, and mosaic closes on both loaders for the close_mosaic epochs."""
+    files = _unlabelled(data_yaml, tmp_path / "u")
+    listed = tmp_path / "u.txt"
+    listed.write_text("\n".join(map(str, files)) + "\n")
+    Spy.seen = []
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        trainer=Spy, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(listed), kd_unlabeled_ratio=0.5,
+        epochs=2, close_mosaic=1, project=str(tmp_path), name="run", **tiny,
+    )  # fmt: skip
+    train = {str(p) for p in (data_yaml.parent / "images" / "train").glob("*")}
+    unl = {str(p) for p in files}
+    assert Spy.seen and all(set(lab) <= train and set(u) <= unl and len(u) == 2 for _, lab, u, *_ in Spy.seen)
+    assert all(t == n == len(lab) + len(u) for _, lab, u, t, n, _ in Spy.seen)
+    assert all(m == 1.0 for e, *_, m in Spy.seen if e == 0) and all(m == 0.0 for e, *_, m in Spy.seen if e == 1)
+    rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
+    assert float(rows[0]["train/usl2_loss"]) > 0 and float(rows[0]["train/kdsl2_loss"]) > 0
+    assert (tmp_path / "run" / LIST_NAME).read_text().split() == sorted(map(str, files))
+
+
+def test_unlabelled_bad_input_stops_before_training(data_yaml, teacher_pt, tiny, tmp_path):
+    with pytest.raises(ValueError, match="needs a teacher.*unlabeled= images learn from the teacher"):
+        YOLO("yolov8n.yaml").train(trainer=KDTrainer, data=str(data_yaml), unlabeled=str(tmp_path), **tiny)
+    labelled = _unlabelled(data_yaml, tmp_path / "u")
+    labelled[0].with_suffix(".txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    for source, match in ((tmp_path / "none", "not found"), (tmp_path / "u", "have a label file")):
+        with pytest.raises((FileNotFoundError, ValueError), match=match):
+            YOLO("yolov8n.yaml").train(
+                trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(source), epochs=1,
+                project=str(tmp_path), name="bad", **tiny,
+            )  # fmt: skip
+        assert not (tmp_path / "bad").exists()
+
+
+def test_a_resumed_run_keeps_its_unlabelled_images(data_yaml, teacher_pt, tiny, tmp_path):
+    """An image added to the folder after the run started is not picked up on resume: the run goes on with its set."""
+    from tests.engine.test_kd_trainer import _train_until_first_save
+
+    files = _unlabelled(data_yaml, tmp_path / "u", n=3)
+    last = _train_until_first_save(
+        YOLO("yolov8n.yaml"), "r", tmp_path, teacher=str(teacher_pt), data=str(data_yaml),
+        unlabeled=str(tmp_path / "u"), epochs=2, kd_teacher_check=False, **tiny,
+    )  # fmt: skip
+    shutil.copy(files[0], tmp_path / "u" / "added.jpg")
+    resumed = YOLO(last)
+    resumed.train(trainer=KDTrainer, resume=True)
+    assert resumed.trainer.start_epoch == 1 and resumed.trainer.kd_unlabeled == sorted(map(str, files))
+    assert torch.load(last, weights_only=False)["kd"]["settings"]["unlabeled"] == str(tmp_path / "u")
