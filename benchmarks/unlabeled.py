@@ -1,0 +1,279 @@
+"""Distillation on images without labels (issue #27): a labelled share L of a dataset's training images, the rest U
+with its labels hidden, a teacher trained on L only, and five arms on the same val and test splits.
+
+Split rule (the same on every dataset): L = every k-th training image by sorted name (k=4: 25 %), U = the others.
+
+Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
+    plain     the student on L, no teacher
+    kd        the default distillation on L
+    pseudo    the stock baseline: the teacher labels U with stock predict(save_txt=True, conf=c) for c in --confs,
+              the student trains plainly on L + those labels; the conf with the best val mAP is the arm's figure
+    kd_u      the default distillation on L with unlabeled=U (the plugin's path)
+    ceiling   the student on L + U with U's real labels (the dataset's whole train split)
+
+kd_u appends its unlabelled images to every labelled step, so plain, kd and kd_u take the same optimizer steps per
+epoch; pseudo and ceiling see L + U per epoch and take about k times as many.
+
+    python benchmarks/unlabeled.py split --data ../shared/data/bccd/data.yaml --every 4
+    python benchmarks/unlabeled.py teacher --every 4 --epochs 100 --threads 2     # YOLOv9-s on L only
+    python benchmarks/unlabeled.py run --arms plain,kd,kd_u --student yolov9t.yaml --seed 0 --threads 1
+    python benchmarks/unlabeled.py table
+    python benchmarks/unlabeled.py run --arms plain,kd_u,pseudo --epochs 1 --imgsz 160 --confs 0.25   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kd_gain import ROOT, paired_difference  # noqa: E402
+
+ARMS = ("plain", "kd", "pseudo", "kd_u", "ceiling")
+IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("cmd", choices=("split", "teacher", "run", "table"))
+    p.add_argument("--data", default=str(ROOT / "../shared/data/bccd/data.yaml"), help="the dataset's data.yaml")
+    p.add_argument("--every", type=int, default=4, help="L = every k-th training image by sorted name")
+    p.add_argument("--root", default=str(ROOT / "datasets" / "unlabeled"), help="where splits are written (links)")
+    p.add_argument("--teacher", default="", help="teacher .pt (default: the split's teacher from the teacher step)")
+    p.add_argument("--teacher-model", default="yolov9s.yaml")
+    p.add_argument("--student", default="yolov9t.yaml")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--confs", default="0.1,0.25,0.5", help="pseudo: the teacher's predict conf values to choose from")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--project", default=str(ROOT / "runs" / "unlabeled"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unlabeled.jsonl"))
+    return p
+
+
+def split_dir(args) -> Path:
+    return Path(args.root) / f"{Path(args.data).resolve().parent.name}-every{args.every}"
+
+
+def make_split(args) -> Path:
+    """Link L (images and labels) and U (images only) under the split folder; write data_L.yaml; return it."""
+    import yaml
+    from ultralytics.data.utils import check_det_dataset, img2label_paths
+
+    data = check_det_dataset(args.data)
+    train = sorted(p for p in Path(data["train"]).rglob("*") if p.suffix.lower() in IMG_SUFFIXES)
+    out = split_dir(args)
+    for kind in ("L/images/train", "L/labels/train", "U/images"):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+    n_l = 0
+    for i, (img, label) in enumerate(zip(train, img2label_paths([str(p) for p in train]))):
+        if i % args.every == 0:
+            _link(img, out / "L/images/train" / img.name)
+            if Path(label).is_file():
+                _link(Path(label), out / "L/labels/train" / Path(label).name)
+            n_l += 1
+        else:
+            _link(img, out / "U/images" / img.name)
+    spec = {"path": str(out), "train": str(out / "L/images/train"), "val": data["val"], "names": data["names"]}
+    if data.get("test"):
+        spec["test"] = data["test"]
+    (out / "data_L.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    info = {"data": str(Path(args.data).resolve()), "every": args.every, "L": n_l, "U": len(train) - n_l}
+    (out / "split.json").write_text(json.dumps(info, indent=1))
+    print(f"split: {info} -> {out}")
+    return out / "data_L.yaml"
+
+
+def _link(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        os.symlink(src.resolve(), dst)
+
+
+def train_args(args, name: str) -> dict:
+    return dict(
+        epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed, workers=args.workers,
+        device=args.device, project=args.project, name=name, plots=False, amp=False, patience=0, exist_ok=True,
+    )  # fmt: skip
+
+
+def teacher_path(args) -> str:
+    return args.teacher or str(Path(args.project) / f"teacher-{split_dir(args).name}" / "weights" / "best.pt")
+
+
+def train_teacher(args) -> None:
+    """The teacher from scratch on L only (it never sees U's labels), then its val/test scores as a row."""
+    from ultralytics import YOLO
+
+    data_l = split_dir(args) / "data_L.yaml"
+    model = YOLO(args.teacher_model)
+    model.train(data=str(data_l), **{**train_args(args, f"teacher-{split_dir(args).name}"), "seed": 0})
+    row = {"arm": "teacher", "student": args.teacher_model, **score(model.trainer.best, data_l, args)}
+    append(args, row, model.trainer)
+
+
+def score(weights: Path | str, data: Path | str, args) -> dict:
+    from ultralytics import YOLO
+
+    out = {}
+    for split in ("val", "test"):
+        m = YOLO(weights).val(
+            data=str(data),
+            split=split,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            device=args.device,
+            plots=False,
+            project=str(Path(weights).parents[1]),
+            name=f"val-{split}",
+            exist_ok=True,
+        )
+        out[f"{split}_map"], out[f"{split}_map50"] = float(m.box.map), float(m.box.map50)
+    return out
+
+
+def pseudo_set(args, conf: float) -> Path:
+    """L plus U labelled by the teacher's stock predict(save_txt=True, conf=conf); its data YAML."""
+    import yaml
+    from ultralytics import YOLO
+
+    base = split_dir(args)
+    out = base / f"P{conf:g}-{Path(teacher_path(args)).parents[1].name}"
+    if not (out / "data.yaml").is_file():
+        pred = YOLO(teacher_path(args)).predict(
+            source=str(base / "U/images"), conf=conf, save_txt=True, save=False, imgsz=args.imgsz, stream=True,
+            device=args.device, project=str(out), name="predict", exist_ok=True, verbose=False,
+        )  # fmt: skip
+        for _ in pred:  # stream: one image at a time
+            pass
+        for kind in ("images/train", "labels/train"):
+            (out / kind).mkdir(parents=True, exist_ok=True)
+        for img in (base / "L/images/train").iterdir():
+            _link(img, out / "images/train" / img.name)
+        for lab in (base / "L/labels/train").iterdir():
+            _link(lab, out / "labels/train" / lab.name)
+        for img in (base / "U/images").iterdir():
+            _link(img, out / "images/train" / img.name)
+        for lab in (out / "predict/labels").glob("*.txt"):  # an image the teacher saw nothing in stays a background
+            _link(lab, out / "labels/train" / lab.name)
+        spec = yaml.safe_load((base / "data_L.yaml").read_text())
+        spec.update(path=str(out), train=str(out / "images/train"))
+        (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out / "data.yaml"
+
+
+def run_arm(args, arm: str) -> dict:
+    """Train one arm at this seed; return its row (the pseudo arm: the best-val conf among --confs)."""
+
+    from ultralytics_kd import KDTrainer
+
+    base, stamp = split_dir(args), datetime.now().strftime("%Y%m%d-%H%M%S")
+    data_l = base / "data_L.yaml"
+    if arm == "pseudo":
+        rows = [run_one(args, f"pseudo{c}", pseudo_set(args, float(c)), stamp) for c in args.confs.split(",")]
+        best = max(rows, key=lambda r: r["val_map"])
+        return {**best, "arm": "pseudo", "candidates": {r["arm"]: r["val_map"] for r in rows}}
+    if arm in {"plain", "ceiling"}:
+        return run_one(args, arm, data_l if arm == "plain" else Path(args.data), stamp)
+    kw = {"trainer": KDTrainer, "teacher": teacher_path(args)}
+    if arm == "kd_u":
+        kw["unlabeled"] = str(base / "U/images")
+    return run_one(args, arm, data_l, stamp, **kw)
+
+
+def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
+    from ultralytics import YOLO
+
+    model = YOLO(args.student)
+    t0 = time.perf_counter()
+    model.train(data=str(data), **train_args(args, f"{arm}-{Path(args.student).stem}-s{args.seed}-{stamp}"), **kw)
+    trainer = model.trainer
+    steps = args.epochs * math.ceil(len(trainer.train_loader.dataset) / trainer.batch_size)
+    row = {"arm": arm, "student": args.student, "steps": steps, "wall_s": time.perf_counter() - t0}
+    return {
+        **row,
+        **score(trainer.best, data if arm != "ceiling" else args.data, args),
+        "save_dir": str(trainer.save_dir),
+    }
+
+
+def append(args, row: dict, trainer=None) -> None:
+    row = {
+        **row, "split": split_dir(args).name, "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz,
+        "date": datetime.now().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print("unlabeled: " + json.dumps(row))
+
+
+def print_table(args) -> None:
+    """Per (split, student, epochs): each arm's mean, per-seed values, and paired differences to plain/kd/pseudo."""
+    path = Path(args.out)
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r["arm"], r["seed"]): r for r in rows}
+    settings = sorted({k[:4] for k in latest if k[4] != "teacher"}, key=str)
+    for setting in settings:
+        arms = {a: [r for k, r in latest.items() if k[:4] == setting and k[4] == a] for a in ARMS}
+        print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs, imgsz {setting[3]}")
+        print("| arm | seeds | test mAP50-95 | by seed | vs plain | vs kd | vs pseudo | share of plain->ceiling |")
+        print("|---|---|---|---|---|---|---|---|")
+        ceiling = arms["ceiling"]
+        for arm, rs in arms.items():
+            if not rs:
+                continue
+            m = statistics.fmean(r["test_map"] for r in rs)
+            by = ", ".join(f"{r['test_map']:.3f}" for r in sorted(rs, key=lambda r: r["seed"]))
+            diffs = [paired_difference(rs, arms[b]) if arm != b and arms[b] else "" for b in ("plain", "kd", "pseudo")]
+            share = ""
+            if arms["plain"] and ceiling and arm not in {"plain", "ceiling"}:
+                gap = statistics.fmean(r["test_map"] for r in ceiling) - statistics.fmean(
+                    r["test_map"] for r in arms["plain"]
+                )
+                share = (
+                    f"{100 * (m - statistics.fmean(r['test_map'] for r in arms['plain'])) / gap:.0f} %" if gap else ""
+                )
+            print(f"| {arm} | {len(rs)} | {m:.3f} | {by} | " + " | ".join(diffs) + f" | {share} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "table":
+        return print_table(args)
+    if args.threads:
+        import torch
+        import ultralytics.utils.torch_utils as tu
+
+        tu.NUM_THREADS = args.threads  # select_device() resets torch's threads to this on every trainer
+        torch.set_num_threads(args.threads)
+    import ultralytics_kd  # noqa: F401
+
+    if args.cmd == "split":
+        make_split(args)
+    elif args.cmd == "teacher":
+        train_teacher(args)
+    else:
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        if bad := [a for a in arms if a not in ARMS]:
+            raise SystemExit(f"unknown arm(s) {bad}; choose from {ARMS}")
+        if any(a in {"kd", "pseudo", "kd_u"} for a in arms) and not Path(teacher_path(args)).is_file():
+            raise SystemExit(f"no teacher at {teacher_path(args)}: run the 'teacher' step first, or pass --teacher")
+        for arm in arms:
+            append(args, run_arm(args, arm))
+        print_table(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/unlabeled.py: the split rule (L = every k-th training image by sorted name, U the rest without labels)
+and the table's share of the plain-to-ceiling gap."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+_path = Path(__file__).parents[1] / "benchmarks" / "unlabeled.py"
+sys.path.insert(0, str(_path.parent))
+_spec = importlib.util.spec_from_file_location("unlabeled_bench", _path)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_split_links_every_kth_image_with_labels_and_hides_the_rest(tmp_path):
+    from ultralytics_kd.data.synth import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "s", n=14, imgsz=32, val_frac=0.15, test_frac=0)
+    args = SimpleNamespace(data=str(data), every=4, root=str(tmp_path / "splits"))
+    data_l = bench.make_split(args)
+    train = sorted((data.parent / "images" / "train").glob("*.png"))
+    out = data_l.parent
+    assert sorted(p.name for p in (out / "L/images/train").iterdir()) == [p.name for p in train[::4]]
+    assert sorted(p.name for p in (out / "L/labels/train").iterdir()) == [p.stem + ".txt" for p in train[::4]]
+    kept = {p.name for p in train[::4]}
+    assert sorted(p.name for p in (out / "U/images").iterdir()) == [p.name for p in train if p.name not in kept]
+    assert not list((out / "U").rglob("*.txt"))  # no label travels with U
+    assert json.loads((out / "split.json").read_text())["L"] == len(train[::4])
+
+
+def test_table_reports_the_share_of_the_gap(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    rows = []
+    for seed, (plain, kd_u, ceiling) in enumerate([(0.30, 0.36, 0.40), (0.32, 0.38, 0.42)]):
+        for arm, v in (("plain", plain), ("kd_u", kd_u), ("ceiling", ceiling)):
+            rows.append({"arm": arm, "student": "s.yaml", "seed": seed, "epochs": 40, "imgsz": 320, "split": "x",
+                         "test_map": v})  # fmt: skip
+    out.write_text("\n".join(json.dumps(r) for r in rows))
+    bench.print_table(SimpleNamespace(out=str(out)))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| kd_u"))
+    assert "+6.0 [" in line and line.rstrip().endswith("60 % |")  # (0.37 - 0.31) / (0.41 - 0.31)
