@@ -85,7 +85,8 @@ def _copy_data(data_yaml: Path, dst: Path, widen: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def two_epochs(data_yaml, teacher_pt, tiny, tmp_path_factory):
-    """Two epochs with close_mosaic=1 and save_period=1."""
+    """Two epochs with close_mosaic=1, save_period=1 and freeze=10 (yolov8n's backbone), options that touch the loader,
+    the checkpoints and the student's parameters: each test below reads its own."""
     get_indexes = Mosaic.get_indexes
 
     def counted(self, *args, **kwargs):  # called only when Mosaic fires (its probability p passed)
@@ -96,7 +97,7 @@ def two_epochs(data_yaml, teacher_pt, tiny, tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(Mosaic, "get_indexes", counted)
         project = tmp_path_factory.mktemp("options")
-        return _train(data_yaml, teacher_pt, tiny, project, "two", epochs=2, close_mosaic=1, save_period=1)
+        return _train(data_yaml, teacher_pt, tiny, project, "two", epochs=2, close_mosaic=1, save_period=1, freeze=10)
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +126,10 @@ def test_save_period_checkpoints_carry_the_kd_state(two_epochs, teacher_pt):
     assert not any(torch.equal(ckpts[0]["kd"]["connectors"][k], final[k].cpu()) for k in weights)  # epoch 1's own
 
 
-def test_freeze_keeps_frozen_layers_bit_identical_and_adapters_train(data_yaml, teacher_pt, tiny, tmp_path):
+def test_freeze_keeps_frozen_layers_bit_identical_and_adapters_train(two_epochs):
     """freeze=10 (yolov8n's backbone): layers 0-9 keep every weight and BatchNorm statistic; the neck, the head and
     the KD adapters train."""
-    trainer = _train(data_yaml, teacher_pt, tiny, tmp_path, "freeze", freeze=10)
+    trainer = two_epochs
     before, after = trainer.before["student"], trainer.model.state_dict()
     changed = {int(k.split(".")[1]) for k, v in after.items() if not torch.equal(v, before[k])}
     assert changed.isdisjoint(range(10)) and {12, 15, 18, 21, 22} <= changed  # 10, 11, 13, ... hold no weights
