@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -229,13 +228,6 @@ def test_cli_checks_parsed_values_and_summarises(tmp_path, capsys):
         with pytest.raises(ValueError, match=message):
             synth.cli(_parsed(f"out={tmp_path / 'x'}", word))
     assert not (tmp_path / "x").exists()  # every check runs before anything is written
-
-
-def test_generation_is_fast(tmp_path):
-    start = time.perf_counter()
-    make_synthetic_dataset(tmp_path / "d", n=40, imgsz=320)
-    # About 20 ms an image on one core; the bound is loose because the test machine's cores are shared.
-    assert time.perf_counter() - start < 10
 
 
 @pytest.mark.slow

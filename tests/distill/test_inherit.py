@@ -58,7 +58,12 @@ def test_other_layouts_are_refused_with_the_reason():
     t = DetectionModel("yolov8s.yaml", nc=3, verbose=False)
     assert "no teacher tensor" in inherit_problem(DetectionModel("yolov9t.yaml", nc=3, verbose=False), t)
     wide = DetectionModel("yolov8m.yaml", nc=3, verbose=False)  # same names, deeper and wider than the teacher
-    assert inherit_problem(wide, t) is not None
+    extra = [k for k in wide.state_dict() if k not in t.state_dict()]
+    assert extra and all(".m." in k for k in extra)  # its extra bottleneck repeats
+    n = len(wide.state_dict())
+    assert inherit_problem(wide, t) == (
+        f"{len(extra)} of {n} student tensors have no teacher tensor of the same name (e.g. {extra[0]})"
+    )
     with pytest.raises(ValueError, match="cannot initialise this student"):
         select_weights(DetectionModel("yolov9t.yaml", nc=3, verbose=False), t)
 

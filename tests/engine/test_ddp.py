@@ -4,6 +4,8 @@ Everything but device selection is stock: ``BaseTrainer.train`` writes the DDP f
 trainer class, ``vars(args)``, the model and the callbacks), ``torch.distributed.run`` starts two workers that rebuild
 the trainer from them, and each trains with the stock DDP wrap, sharded dataloaders, distributed validation and rank-0
 checkpoints. Ultralytics' DDP asks for CUDA, so ``CpuDDPTrainer`` swaps in the CPU and gloo where it picks a device.
+Each rank gets its own device identity, ``cpu:RANK`` (as ``cuda:LOCAL_RANK`` on GPUs; CPU tensors ignore the index),
+so that the test can tell which rank's device the teacher was sent to.
 """
 
 from __future__ import annotations
@@ -42,17 +44,28 @@ class CpuDDPTrainer(KDTrainer):
         super().__init__(*args, **kwargs)
         self.world_size = 2  # what device='0,1' gives; device='cpu' gives 0
         self.ddp = LOCAL_RANK == -1  # the stock rule: launch workers unless this is one
-        self.kd_steps = []
+        self.kd_steps, self.teacher_moves = [], []
 
     def _setup_ddp(self):
-        """Stock: cuda:LOCAL_RANK and NCCL. Here: keep the CPU, use gloo, and point the CUDA-only picks at the CPU."""
+        """Stock: cuda:LOCAL_RANK and NCCL. Here: cpu:RANK, gloo, and the CUDA-only picks pointed at the CPU."""
         from ultralytics.engine import validator
 
+        self.device = torch.device("cpu", RANK)
         dist.init_process_group("gloo", rank=RANK, world_size=self.world_size)
         torch.nn.parallel.DistributedDataParallel = _CpuDDP
         backend = validator.AutoBackend  # a DDP rank validates a model file on torch.device('cuda', current_device())
         validator.get_torch_device_backend = lambda _: SimpleNamespace(current_device=lambda: 0)
         validator.AutoBackend = lambda *args, device=None, **kwargs: backend(*args, device=self.device, **kwargs)
+
+    def _setup_train(self):
+        move = self.teacher.to
+
+        def recorded(*args, **kwargs):  # every device (or dtype) the teacher is sent to, as given
+            self.teacher_moves.append(str(args[0] if args else kwargs))
+            return move(*args, **kwargs)
+
+        self.teacher.to = recorded
+        super()._setup_train()
 
     def optimizer_step(self):
         self.kd_steps.append({k: float(v) for k, v in self.loss_items.items() if k.startswith("kd")})
@@ -66,7 +79,7 @@ class CpuDDPTrainer(KDTrainer):
                 "student": {k: v.detach().cpu() for k, v in unwrap_model(self.model).named_parameters()},
                 "adapters": {k: v.detach().cpu() for k, v in self.kd_connectors.named_parameters()},
                 "report_callbacks": self.callbacks["on_train_end"].count(_write_report),
-                "teacher_device": str(next(self.teacher.parameters()).device),
+                "teacher_moves": self.teacher_moves,
                 "start": self.kd_start.mode,
                 "transplanted": self.kd_stage is not None and self.kd_stage.transplanted,
                 "device": str(self.device),
@@ -92,11 +105,11 @@ def test_two_rank_ddp_distils_in_sync_and_resumes(data_yaml, teacher_pt, tiny, t
     ranks = [torch.load(run / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
     # each rank distilled its own shard: finite, non-zero KD terms that differ between ranks
-    for r in ranks:
+    for rank, r in enumerate(ranks):
+        assert r["device"] == f"cpu:{rank}" and r["teacher_moves"] == [r["device"]]  # its own device, not rank 0's
         assert len(r["kd_steps"]) == 4 and set(r["kd_steps"][0]) == {"kdld_loss", "kdcwd_loss"}
         assert all(math.isfinite(v) and v > 0 for step in r["kd_steps"] for v in step.values())
         assert r["report_callbacks"] == 1  # the launcher's pickled callbacks already held it
-        assert r["teacher_device"] == r["device"]
     assert ranks[0]["kd_steps"][0] != ranks[1]["kd_steps"][0]
 
     # one model: student and adapter weights are identical across ranks (adapters start from rank 0's, grads averaged)
