@@ -38,7 +38,7 @@ from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import kd_scale
-from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_kd_args, stock_args
+from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_compile, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
@@ -114,6 +114,7 @@ class KDTrainer(DetectionTrainer):
                 kd_mimic_epochs=self.args.kd_mimic_epochs,
                 epochs=self.epochs,
             )
+            check_compile(self.args.compile, self.kd_start.mode)
             self.kd_stage = self.kd_start.take(model, self._kd_teacher_parts)
             model.kd_start = self.kd_start  # DDP workers get this model pickled, and never call get_model
         return model
