@@ -34,6 +34,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fine_tune
 from ultralytics_kd.distill.build import build_feature_side, build_terms
+from ultralytics_kd.distill.connectors import adapter_group
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
@@ -169,12 +170,11 @@ class KDTrainer(DetectionTrainer):
             return super().get_validator()
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Build the stock optimizer, plus one group for the adapters with the decayed-weight group's settings."""
+        """Build the stock optimizer, plus one group for the adapters with the settings of the student's ordinary
+        decayed weights (``connectors.adapter_group``)."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         if params := list(self.kd_connectors.parameters()):
-            template = next(g for g in optimizer.param_groups if not g.get("use_muon"))
-            group = {k: v for k, v in template.items() if k != "params"}
-            optimizer.add_param_group({**group, "params": params, "param_group": "kd_adapter"})
+            optimizer.add_param_group(adapter_group(optimizer, model, params))
         if self._qat_lr_scale:  # a QAT fine-tune starts where the stock schedule of the optimizer it picked ends
             for g in optimizer.param_groups:
                 g["lr"] *= self._qat_lr_scale
