@@ -43,6 +43,7 @@ from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, che
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
+from ultralytics_kd.engine.autobatch import with_teacher
 from ultralytics_kd.engine.callbacks import add_kd_callbacks
 from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher
 from ultralytics_kd.engine.rundir import discard_on_error, new_run_dir
@@ -225,6 +226,11 @@ class KDTrainer(DetectionTrainer):
         if self.amp:  # inference only: AMP's own dtype halves the teacher's memory and time
             self.teacher.to(torch.bfloat16 if self.args.amp == "bf16" else torch.float16)
 
+    def auto_batch(self, *args, **kwargs) -> int:
+        """Stock AutoBatch (``batch=-1`` or a fraction), its memory probe run on the student and teacher together."""
+        with with_teacher(self):
+            return super().auto_batch(*args, **kwargs)
+
     # training loop ----------------------------------------------------------------------------------------------------
     def preprocess_batch(self, batch: dict) -> dict:
         """Stock preprocessing, then the teacher's outputs for this batch under ``batch["kd"]``."""
@@ -281,7 +287,6 @@ class KDTrainer(DetectionTrainer):
             scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
             torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm * scale)
 
-    # checkpoints ------------------------------------------------------------------------------------------------------
     # checkpoints ------------------------------------------------------------------------------------------------------
     def save_model(self):
         """Stock checkpoints (student EMA only), then add the ``"kd"`` key (``engine/resume.kd_state``) to them."""
