@@ -179,7 +179,7 @@ class MimicStage:
             trainer.ema.updates = 0
         trainer.optimizer.state.clear()
         trainer.accumulate = max(round(trainer.args.nbs / trainer.batch_size), 1)
-        self.transplanted, self.teacher_head, self.teacher_state = True, None, None
+        self.transplanted = True  # the teacher's parts are kept until a checkpoint records this (``checkpointed``)
         LOGGER.info(f"{PREFIX} epoch {trainer.epoch + 1}: mimic stage over, the student takes {what}")
 
     # checkpoints ------------------------------------------------------------------------------------------------------
@@ -188,10 +188,21 @@ class MimicStage:
         stats = self.term.stats() if isinstance(self.term, FeatureMimic) else None
         return {"mimic": True, "graft": self.graft is not None, "transplanted": self.transplanted, "mimic_stats": stats}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
-        """Resume from ``state_dict``: whether the head was handed over, and the teacher statistics on ``device``."""
-        self.transplanted = bool(state.get("transplanted", False))
-        if self.transplanted:  # nothing left to hand over
+    def checkpointed(self) -> None:
+        """A checkpoint now holds the stage's state: once it records the transplant, drop the teacher's parts.
+
+        Until then the stock NaN recovery may reload a checkpoint from before the transplant, which then runs again.
+        """
+        if self.transplanted:
             self.teacher_head = self.teacher_state = None
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Resume (or recover) from ``state_dict``: whether the head was handed over, the teacher statistics on
+        ``device``."""
+        transplanted = bool(state.get("transplanted", False))
+        if not transplanted and self.teacher_head is None and self.teacher_state is None:
+            raise RuntimeError("the checkpoint is from before the transplant, whose teacher parts are gone")
+        self.transplanted = transplanted
+        self.checkpointed()  # a transplanted checkpoint: nothing left to hand over
         if state.get("mimic_stats") and isinstance(self.term, FeatureMimic):
             self.term.load_stats(state["mimic_stats"], device)

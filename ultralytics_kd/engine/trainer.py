@@ -45,7 +45,7 @@ from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
 from ultralytics_kd.engine.autobatch import with_teacher
 from ultralytics_kd.engine.callbacks import add_kd_callbacks
-from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher
+from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher, load_kd_state
 from ultralytics_kd.engine.rundir import discard_on_error, new_run_dir
 
 __all__ = ["KDTrainer"]
@@ -130,9 +130,7 @@ class KDTrainer(DetectionTrainer):
             n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
             parts = self._kd_teacher_parts
             self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode, self.model, parts, n)
-            self.kd_stage = parts.stage(self.kd_start)
-            if self.kd_stage:
-                self.kd_stage.load_state_dict(self._kd_resume, self.device)
+            self.kd_stage = parts.stage(self.kd_start)  # its state and the adapters load in _load_checkpoint_state
         start = self.model.__dict__.pop("kd_start", None)  # off the student, so that no checkpoint carries it
         if start is not None and start is not self.kd_start:  # a DDP worker: take the launcher's decision
             self.kd_start = start
@@ -153,8 +151,6 @@ class KDTrainer(DetectionTrainer):
             self.kd_connectors, self._kd_student_rec, self._kd_teacher_rec = build_feature_side(
                 a, student, self.teacher, terms, self.data["channels"], self.device
             )
-        if self._kd_resume and self._kd_resume.get("connectors"):
-            self.kd_connectors.load_state_dict(self._kd_resume["connectors"])
         if stage and stage.graft:  # the backbone outputs that the grafted layers read, on both sides
             s_layers, t_layers = zip(*stage.graft.entries)
             self._kd_entry_recs = FeatureRecorder(student, s_layers), FeatureRecorder(self.teacher.model, t_layers)
@@ -288,6 +284,11 @@ class KDTrainer(DetectionTrainer):
             torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm * scale)
 
     # checkpoints ------------------------------------------------------------------------------------------------------
+    def _load_checkpoint_state(self, ckpt: dict) -> None:
+        """Stock state, then the adapters and the stage's (``load_kd_state``); resume and NaN recovery load here."""
+        super()._load_checkpoint_state(ckpt)
+        load_kd_state(self, ckpt.get("kd"))
+
     def save_model(self):
         """Stock checkpoints (student EMA only), then add the ``"kd"`` key (``engine/resume.kd_state``) to them."""
         saved = super().save_model()
