@@ -184,6 +184,7 @@ class KDTrainer(DetectionTrainer):
         """
         super()._setup_scheduler()
         if self.kd_stage:
+            self.kd_stage.follow(self)  # time= re-estimates epochs after every epoch, then calls this
             self.lf = self.kd_stage.lr_factor(self.epochs, self.args.lrf, self.args.cos_lr)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
 
