@@ -7,7 +7,7 @@ overrides hooks, and each hook calls the module that owns the work:
   ``distill/teacher.py``; how the student starts: ``distill/start.py`` and its mimic stage ``distill/stage.py``;
   the terms and the feature side: ``distill/build.py``; the criterion: ``distill/criterion.py``;
 - resume state and hashing: ``engine/resume.py``; callbacks and the report: ``engine/callbacks.py``;
-- QAT (``quantize=8``): ``deploy/int8.py``.
+- QAT (``quantize=8``): ``deploy/int8.py``; AutoBatch with the teacher: ``engine/autobatch.py``.
 
 The ``teacher`` and ``kd_*`` keys (defaults in ``cfg/kd.yaml``) are added to the base config the stock key check
 compares against, so typos in any key are still rejected and the settings live in ``self.args`` (hence in
