@@ -112,8 +112,9 @@ def test_adapters_train_like_the_students_weights(name, iterations, expected, da
 
 
 # AutoBatch ------------------------------------------------------------------------------------------------------------
-def test_autobatch_probes_student_and_teacher(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
-    """batch=-1: the memory probe that sizes the batch runs the teacher beside the student on every probe image."""
+@pytest.mark.parametrize("batch", [-1, 0.7])
+def test_autobatch_probes_student_and_teacher(batch, data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
+    """batch=-1 or a memory fraction: the probe that sizes the batch runs the teacher beside the student."""
     import ultralytics.engine.trainer as stock
 
     seen = {}
@@ -136,12 +137,12 @@ def test_autobatch_probes_student_and_teacher(data_yaml, teacher_pt, tiny, tmp_p
     with pytest.raises(_Stop):
         model.train(
             trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, kd_teacher_check=False,
-            project=str(tmp_path), name="b", **{**tiny, "batch": -1},
+            project=str(tmp_path), name="b", **{**tiny, "batch": batch},
         )  # fmt: skip
     trainer = seen["trainer"]
     teacher = {id(p) for p in trainer.teacher.parameters()}
     student = {id(p) for p in trainer.model.parameters()}
-    assert seen["batch"] == -1 and teacher <= seen["params"] and student & seen["params"] == student
+    assert seen["batch"] == batch and teacher <= seen["params"] and student & seen["params"] == student
     assert seen["calls"] == ["student", "teacher"]
 
 
