@@ -26,6 +26,33 @@ def test_each_part_has_a_stock_schedule_of_its_length(cos_lr):
     assert lf(3.999) < 1.0 and lf(9.999) == pytest.approx(0.1, abs=1e-3)
 
 
+@pytest.mark.parametrize(
+    "value, epochs, done, expected",
+    [
+        (0.25, 8, 1, 2),  # a fraction of the new length
+        (0.5, 2, 1, 1),
+        (5, 4, 1, 3),  # a count, capped to leave one epoch after the stage
+        (3, 2, 1, 1),
+        (0.25, 4, 2, 2),  # never shorter than the epochs it has already run (it ends at the next batch)
+        (0.25, 40, 0, 10),  # set-up: no epoch run yet
+    ],
+)
+def test_stage_follows_a_re_estimated_run(value, epochs, done, expected):
+    """time= re-estimates ``epochs`` after each epoch; a stage not yet over follows, one over keeps its length."""
+    t = SimpleNamespace(epochs=epochs, args=SimpleNamespace(kd_mimic_epochs=value), world_size=1)
+    if done:
+        t.epoch = done - 1
+    stage = MimicStage(7)
+    stage.follow(t)
+    assert stage.epochs == expected
+    over = MimicStage(7)
+    over.transplanted = True
+    over.follow(t)
+    assert over.epochs == 7
+    lf = MimicStage(2).lr_factor(epochs=2, lrf=0.1, cos_lr=False)  # a run re-estimated to the stage's length
+    assert lf(1) == pytest.approx(0.55) and lf(2) == 1.0 and lf(2.5) == pytest.approx(0.55)  # the rest: 1 epoch
+
+
 def test_trigger_hands_over_once_at_the_first_batch_after_the_stage():
     stage = MimicStage(2)
     calls = []
@@ -57,6 +84,8 @@ def test_checkpoint_state_round_trip():
     resumed = MimicStage(2, teacher_head=torch.nn.Identity())
     resumed.load_state_dict(state)
     assert resumed.transplanted and resumed.teacher_head is None
+    with pytest.raises(RuntimeError, match="before the transplant"):  # its teacher head is gone: nothing to redo
+        resumed.load_state_dict({**state, "transplanted": False})
     assert all(torch.equal(a, b) for a, b in zip(resumed.term.std, stage.term.std)) and len(resumed.term.std) == 1
 
 

@@ -6,11 +6,14 @@ a student checkpoint's model; the trainer saves their weights beside it for resu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from torch import nn
+from torch.optim import Optimizer
+from ultralytics.utils.torch_utils import unwrap_model
 
-__all__ = ["ChannelAdapter", "build_connectors"]
+__all__ = ["ChannelAdapter", "adapter_group", "build_connectors"]
 
 
 class ChannelAdapter(nn.Sequential):
@@ -50,3 +53,25 @@ def build_connectors(
     if len(student_channels) != len(teacher_channels):
         raise ValueError(f"{len(student_channels)} student levels but {len(teacher_channels)} teacher levels")
     return nn.ModuleList(factory(s, t) for s, t in zip(student_channels, teacher_channels))
+
+
+def adapter_group(optimizer: Optimizer, student: nn.Module, params: Iterable[nn.Parameter]) -> dict[str, Any]:
+    """The adapters' parameter group: the settings of the group that holds the student's ordinary decayed weights.
+
+    That group is found through a backbone weight rather than by position: MuSGD (``optimizer=auto`` above 10,000
+    iterations) leads with a copy of the decayed group at 3x the learning rate for the head's ``cv3``, and puts conv
+    weights in Muon groups. The adapters take that group's lr, momentum and decay as a plain SGD-style group (Muon
+    orthogonalises matrices; an adapter also has BatchNorm vectors).
+
+    Args:
+        optimizer (Optimizer): The stock optimizer, built for ``student``.
+        student (nn.Module): The student (DDP-wrapped or not).
+        params (Iterable[nn.Parameter]): The adapters' parameters.
+
+    Returns:
+        (dict[str, Any]): A group for ``optimizer.add_param_group``, named ``"kd_adapter"``.
+    """
+    ref = next(p for m in unwrap_model(student).model[:-1] for p in m.parameters() if p.ndim > 1)
+    template = next(g for g in optimizer.param_groups if any(p is ref for p in g["params"]))
+    settings = {k: v for k, v in template.items() if k not in {"params", "use_muon", "param_group"}}
+    return {**settings, "params": list(params), "param_group": "kd_adapter"}

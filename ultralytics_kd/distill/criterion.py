@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from ultralytics.utils import LOGGER
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 from ultralytics.utils.tal import dist2bbox, make_anchors
 
@@ -140,6 +141,7 @@ class _KDTerms:
         self.conf_weight = conf_weight
         self.connectors = nn.ModuleDict(connectors or {})
         self.max_ratio = float(max_ratio)
+        self._warned_epoch = None  # the last epoch a non-finite term was reported in
         for t in self.terms:
             if t.source == "feats" and t.name not in self.connectors:
                 raise ValueError(f"feature term '{t.name}' needs connectors (one adapter per level)")
@@ -209,11 +211,15 @@ class _KDTerms:
                     s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
                 values.append(term(s, t, **context))
             vec = torch.stack(values) * kd.scale
-        if not torch.isfinite(vec).all():  # one host sync per batch for all terms
+        # a non-finite term stays in the loss: the stock trainer's NaN recovery reads the loss at the end of the epoch
+        # and reloads last.pt, as for a non-finite detection loss; an exception here would end the run instead
+        if not torch.isfinite(vec).all() and kd.epoch != self._warned_epoch:  # one host sync per batch for all terms
+            self._warned_epoch = kd.epoch
             bad = [(t.name, float(v)) for t, v in zip(self.terms, vec.detach()) if not torch.isfinite(v)]
-            raise FloatingPointError(
+            LOGGER.warning(
                 f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
-                f"{bad}); lower kd_T/kd_weights or lr0, or check the teacher's outputs"
+                f"{bad}); the stock NaN recovery reloads last.pt after the epoch. If it recurs, lower kd_T/kd_weights "
+                f"or lr0, or check the teacher's outputs"
             )
         if self.max_ratio > 0 and not kd.mimic and det_per_image is not None:  # no term may swamp the detection loss
             cap = self.max_ratio * det_per_image

@@ -20,6 +20,7 @@ __all__ = [
     "KD_DEFAULTS",
     "KD_KEYS",
     "check_before_setup",
+    "check_compile",
     "check_kd_args",
     "kd_args",
     "stock_args",
@@ -152,6 +153,23 @@ def check_before_setup(given: Mapping[str, Any]) -> None:
         p = given.get(key)
         if p and Path(p).suffix not in {".yaml", ".yml"} and not Path(p).is_file():  # YAML names resolve later
             raise FileNotFoundError(f"{key}='{p}' not found; pass an existing file, e.g. {key}=best.pt")
+
+
+def check_compile(compile: Any, start_mode: str) -> None:
+    """Refuse ``compile=`` for a graft start, once ``choose_start`` has decided it and before any batch.
+
+    The graft stage records the student's backbone outputs with forward hooks on every batch (``FeatureRecorder``),
+    which a compiled graph does not see. A mimic stage reads the Detect inputs without hooks, so it compiles.
+
+    Raises:
+        ValueError: Naming both fixes.
+    """
+    if compile and start_mode == "graft":
+        raise ValueError(
+            f"compile={compile} is not supported with a graft start (kd_init=graft, or auto choosing it): its stage "
+            f"hooks the student's backbone layers on every batch, which breaks the compiled graph. Set kd_init=mimic "
+            f"(or none) to keep compile, or set compile=False"
+        )
 
 
 def _own_data(data) -> bool:

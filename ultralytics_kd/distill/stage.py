@@ -13,6 +13,7 @@ it from its hooks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,15 @@ def mimic_problem(value: float, epochs: int) -> str | None:
     if n >= epochs:
         return f"kd_mimic_epochs={value} gives {n} mimic epochs of {epochs}, leaving none to train the detector"
     return None
+
+
+def _from_rank0(value: Any, trainer: Any) -> Any:
+    """Rank 0's ``value`` on every DDP rank (each rank's clock differs, and all must transplant in the same epoch)."""
+    if trainer.world_size <= 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
 
 
 def _stock_lf(n: int, lrf: float, cos_lr: bool) -> Callable[[float], float]:
@@ -102,9 +112,41 @@ class MimicStage:
     # schedule ---------------------------------------------------------------------------------------------------------
     def lr_factor(self, epochs: int, lrf: float, cos_lr: bool) -> Callable[[float], float]:
         """The learning-rate factor of a run of ``epochs``: one stock schedule for the stage, one for the rest."""
-        m = self.epochs
-        first, second = _stock_lf(m, lrf, cos_lr), _stock_lf(epochs - m, lrf, cos_lr)
+        m = self.epochs  # time= may re-estimate the run at the stage's length; the rest then gets one epoch's schedule
+        first, second = _stock_lf(m, lrf, cos_lr), _stock_lf(max(epochs - m, 1), lrf, cos_lr)
         return lambda x: first(x) if x < m else second(x - m)
+
+    def follow(self, trainer: Any) -> None:
+        """Fit a stage not yet over to the run's length, which ``time=`` re-estimates after every epoch.
+
+        ``kd_mimic_epochs`` below 1 stays that fraction of ``trainer.epochs``; a count is capped so that at least one
+        epoch follows the stage; the stage keeps the epochs it has already run.
+        """
+        if not self.transplanted:
+            n, done = trainer.epochs, getattr(trainer, "epoch", -1) + 1  # no epoch yet: the run is being set up
+            m = max(min(mimic_epochs(trainer.args.kd_mimic_epochs, n), n - 1), done)
+            self.epochs = _from_rank0(m, trainer)
+
+    def end_if_stopping(self, trainer: Any) -> None:
+        """End the stage with this epoch if the run may stop after it, so that no run ends with the stage's head.
+
+        The run may stop after its last epoch, after an epoch that the stock timed stop (``time=``) or a callback broke
+        off, once less time is left than an epoch takes (the stock check after validation stops it then), or where
+        early stopping may stop it. The schedule is rebuilt for the shorter stage, as the stock ``time=`` rebuilds it.
+        """
+        t = trainer
+        if self.transplanted or not self.active(t.epoch):
+            return
+        stop = t.stop or t.epoch + 1 >= t.epochs or t.stopper.possible_stop
+        if t.args.time:
+            now = time.time()
+            left = t.args.time * 3600 - (now - t.train_time_start)
+            stop = stop or left < (t.epoch_time or 2 * (now - t.epoch_time_start))  # no epoch timed yet: 2x training
+        if _from_rank0(stop, t):
+            self.epochs = t.epoch + 1
+            t._kd_transplant()
+            t._setup_scheduler()
+            t.scheduler.last_epoch = t.epoch
 
     def warm_up(self, trainer: Any, i: int, in_stage: bool) -> None:
         """Warm up the stage (or the rest of the run) as a stock run of its length starts, at batch ``i``.
@@ -179,7 +221,7 @@ class MimicStage:
             trainer.ema.updates = 0
         trainer.optimizer.state.clear()
         trainer.accumulate = max(round(trainer.args.nbs / trainer.batch_size), 1)
-        self.transplanted, self.teacher_head, self.teacher_state = True, None, None
+        self.transplanted = True  # the teacher's parts are kept until a checkpoint records this (``checkpointed``)
         LOGGER.info(f"{PREFIX} epoch {trainer.epoch + 1}: mimic stage over, the student takes {what}")
 
     # checkpoints ------------------------------------------------------------------------------------------------------
@@ -188,10 +230,21 @@ class MimicStage:
         stats = self.term.stats() if isinstance(self.term, FeatureMimic) else None
         return {"mimic": True, "graft": self.graft is not None, "transplanted": self.transplanted, "mimic_stats": stats}
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
-        """Resume from ``state_dict``: whether the head was handed over, and the teacher statistics on ``device``."""
-        self.transplanted = bool(state.get("transplanted", False))
-        if self.transplanted:  # nothing left to hand over
+    def checkpointed(self) -> None:
+        """A checkpoint now holds the stage's state: once it records the transplant, drop the teacher's parts.
+
+        Until then the stock NaN recovery may reload a checkpoint from before the transplant, which then runs again.
+        """
+        if self.transplanted:
             self.teacher_head = self.teacher_state = None
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Resume (or recover) from ``state_dict``: whether the head was handed over, the teacher statistics on
+        ``device``."""
+        transplanted = bool(state.get("transplanted", False))
+        if not transplanted and self.teacher_head is None and self.teacher_state is None:
+            raise RuntimeError("the checkpoint is from before the transplant, whose teacher parts are gone")
+        self.transplanted = transplanted
+        self.checkpointed()  # a transplanted checkpoint: nothing left to hand over
         if state.get("mimic_stats") and isinstance(self.term, FeatureMimic):
             self.term.load_stats(state["mimic_stats"], device)

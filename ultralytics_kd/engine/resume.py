@@ -26,6 +26,7 @@ __all__ = [
     "install_resume_guard",
     "kd_checkpoint_state",
     "kd_state",
+    "load_kd_state",
     "resume_path",
 ]
 
@@ -115,6 +116,23 @@ def add_kd_state(trainer: Any) -> None:
         files.append(trainer.wdir / f"epoch{trainer.epoch}.pt")
     for f in files:
         f.write_bytes(buffer.getvalue())
+    if trainer.kd_stage is not None:
+        trainer.kd_stage.checkpointed()
+
+
+def load_kd_state(trainer: Any, state: dict[str, Any] | None) -> None:
+    """Load a checkpoint's ``"kd"`` state into the trainer: the adapters, and the mimic stage's state.
+
+    Called wherever the stock trainer loads a checkpoint's training state (``_load_checkpoint_state``): on resume, and
+    in its NaN recovery, which reloads ``last.pt`` into the student and the EMA and, through here, into the adapters
+    and the stage (a checkpoint from before the transplant makes the stage run it again).
+    """
+    if not state:
+        return
+    if state.get("connectors"):
+        trainer.kd_connectors.load_state_dict(state["connectors"])
+    if trainer.kd_stage is not None:
+        trainer.kd_stage.load_state_dict(state, trainer.device)
 
 
 def _refuse_kd_resume(check_resume):

@@ -7,11 +7,10 @@ overrides hooks, and each hook calls the module that owns the work:
   ``distill/teacher.py``; how the student starts: ``distill/start.py`` and its mimic stage ``distill/stage.py``;
   the terms and the feature side: ``distill/build.py``; the criterion: ``distill/criterion.py``;
 - resume state and hashing: ``engine/resume.py``; callbacks and the report: ``engine/callbacks.py``;
-- QAT (``quantize=8``): ``deploy/int8.py``.
+- QAT (``quantize=8``): ``deploy/int8.py``; AutoBatch with the teacher: ``engine/autobatch.py``.
 
-The ``teacher`` and ``kd_*`` keys (defaults in ``cfg/kd.yaml``) are added to the base config the stock key check
-compares against, so typos in any key are still rejected and the settings live in ``self.args`` (hence in
-``vars(args)`` for DDP, ``args.yaml`` and the checkpoint's ``train_args`` that ``resume`` restores).
+The ``teacher`` and ``kd_*`` keys (``cfg/kd.yaml``) join the base config the stock key check compares against, so
+typos are still rejected and the settings live in ``self.args`` (hence in DDP workers and ``args.yaml``).
 
 Examples:
     >>> from ultralytics import YOLO
@@ -34,17 +33,19 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fine_tune
 from ultralytics_kd.distill.build import build_feature_side, build_terms
+from ultralytics_kd.distill.connectors import adapter_group
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import batch_scale
-from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_kd_args, stock_args
+from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_compile, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
 from ultralytics_kd.distill.unlabeled import LIST_NAME, find_unlabeled, merge_unlabeled, unlabeled_stream, write_list
+from ultralytics_kd.engine.autobatch import with_teacher
 from ultralytics_kd.engine.callbacks import add_kd_callbacks
-from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher
+from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher, load_kd_state
 from ultralytics_kd.engine.rundir import discard_on_error, new_run_dir
 
 __all__ = ["KDTrainer"]
@@ -120,6 +121,7 @@ class KDTrainer(DetectionTrainer):
                 kd_mimic_epochs=self.args.kd_mimic_epochs,
                 epochs=self.epochs,
             )
+            check_compile(self.args.compile, self.kd_start.mode)
             self.kd_stage = self.kd_start.take(model, self._kd_teacher_parts)
             model.kd_start = self.kd_start  # DDP workers get this model pickled, and never call get_model
         return model
@@ -133,9 +135,7 @@ class KDTrainer(DetectionTrainer):
             n = mimic_epochs(self.args.kd_mimic_epochs, self.epochs)
             parts = self._kd_teacher_parts
             self.kd_start = Start.resumed(self._kd_resume, self._kd_init_mode, self.model, parts, n)
-            self.kd_stage = parts.stage(self.kd_start)
-            if self.kd_stage:
-                self.kd_stage.load_state_dict(self._kd_resume, self.device)
+            self.kd_stage = parts.stage(self.kd_start)  # its state and the adapters load in _load_checkpoint_state
         start = self.model.__dict__.pop("kd_start", None)  # off the student, so that no checkpoint carries it
         if start is not None and start is not self.kd_start:  # a DDP worker: take the launcher's decision
             self.kd_start = start
@@ -156,8 +156,6 @@ class KDTrainer(DetectionTrainer):
             self.kd_connectors, self._kd_student_rec, self._kd_teacher_rec = build_feature_side(
                 a, student, self.teacher, terms, self.data["channels"], self.device
             )
-        if self._kd_resume and self._kd_resume.get("connectors"):
-            self.kd_connectors.load_state_dict(self._kd_resume["connectors"])
         if stage and stage.graft:  # the backbone outputs that the grafted layers read, on both sides
             s_layers, t_layers = zip(*stage.graft.entries)
             self._kd_entry_recs = FeatureRecorder(student, s_layers), FeatureRecorder(self.teacher.model, t_layers)
@@ -174,32 +172,26 @@ class KDTrainer(DetectionTrainer):
             return super().get_validator()
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Build the stock optimizer, plus one group for the adapters with the decayed-weight group's settings."""
+        """Build the stock optimizer, plus one group for the adapters with the settings of the student's ordinary
+        decayed weights (``connectors.adapter_group``)."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
         if params := list(self.kd_connectors.parameters()):
-            template = next(g for g in optimizer.param_groups if not g.get("use_muon"))
-            group = {k: v for k, v in template.items() if k != "params"}
-            optimizer.add_param_group({**group, "params": params, "param_group": "kd_adapter"})
+            optimizer.add_param_group(adapter_group(optimizer, model, params))
         if self._qat_lr_scale:  # a QAT fine-tune starts where the stock schedule of the optimizer it picked ends
             for g in optimizer.param_groups:
                 g["lr"] *= self._qat_lr_scale
         return optimizer
 
     def _setup_scheduler(self):
-        """The stock schedule; with a mimic stage, one stock schedule per part of the run (``MimicStage.lr_factor``).
-
-        Overridden because the stock factor ``self.lf`` and its scheduler are only built here, no hook reaches them.
-        """
+        """The stock schedule; with a mimic stage, one per part of the run (``MimicStage.lr_factor``); only here."""
         super()._setup_scheduler()
         if self.kd_stage:
+            self.kd_stage.follow(self)  # time= re-estimates epochs after every epoch, then calls this
             self.lf = self.kd_stage.lr_factor(self.epochs, self.args.lrf, self.args.cos_lr)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
 
     def _get_warmup_iterations(self, num_batches: int) -> int:
-        """The stock warm-up, except with a mimic stage, where each part warms up on its own (``MimicStage.warm_up``).
-
-        Overridden because the stock loop reads its warm-up length only from here.
-        """
+        """The stock warm-up; with a mimic stage each part warms up on its own (``MimicStage.warm_up``)."""
         return 0 if self.kd_stage else super()._get_warmup_iterations(num_batches)
 
     def _model_train(self):
@@ -230,6 +222,11 @@ class KDTrainer(DetectionTrainer):
             self.kd_teacher_metrics = validate_teacher(self.teacher.model, self.test_loader, self.args, self.save_dir)
         if self.amp:  # inference only: AMP's own dtype halves the teacher's memory and time
             self.teacher.to(torch.bfloat16 if self.args.amp == "bf16" else torch.float16)
+
+    def auto_batch(self, *args, **kwargs) -> int:
+        """Stock AutoBatch (``batch=-1`` or a fraction), its memory probe run on the student and teacher together."""
+        with with_teacher(self):
+            return super().auto_batch(*args, **kwargs)
 
     # training loop ----------------------------------------------------------------------------------------------------
     def preprocess_batch(self, batch: dict) -> dict:
@@ -290,7 +287,11 @@ class KDTrainer(DetectionTrainer):
             torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm * scale)
 
     # checkpoints ------------------------------------------------------------------------------------------------------
-    # checkpoints ------------------------------------------------------------------------------------------------------
+    def _load_checkpoint_state(self, ckpt: dict) -> None:
+        """Stock state, then the adapters and the stage's (``load_kd_state``); resume and NaN recovery load here."""
+        super()._load_checkpoint_state(ckpt)
+        load_kd_state(self, ckpt.get("kd"))
+
     def save_model(self):
         """Stock checkpoints (student EMA only), then add the ``"kd"`` key (``engine/resume.kd_state``) to them."""
         saved = super().save_model()
