@@ -12,13 +12,14 @@ a start named explicitly that cannot be done is an error there.
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 
-from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_weights
+from ultralytics_kd.distill.channels import ChannelTrace
+from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_problem, select_weights
 from ultralytics_kd.distill.stage import MimicStage, mimic_epochs, mimic_problem
 from ultralytics_kd.distill.transplant import transplant_problem
 
@@ -36,18 +37,22 @@ class TeacherParts:
         head (nn.Module | None): A float copy of the unfused Detect head, for the mimic stage's transplant.
         layout (tuple[tuple[str, tuple[int, ...]], ...]): Each layer's class and inputs (``inherit.layout``), for
             grafts.
+        trace (ChannelTrace | None): The teacher's calls in one forward pass, to pair its channels with the student's
+            (``channels.channel_plan``), for selections and grafts.
     """
 
     state: dict[str, torch.Tensor] | None = None
     head: nn.Module | None = None
     layout: tuple = ()
+    trace: ChannelTrace | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, teacher: nn.Module, init: str) -> TeacherParts:
         """Copy from the unfused ``teacher`` what ``kd_init=init`` may need: nothing for ``none``."""
         state = None if init == "none" else {k: v.detach().clone() for k, v in teacher.state_dict().items()}
         head = deepcopy(teacher.model[-1]).float() if init in {"auto", "mimic"} else None
-        return cls(state, head, () if state is None else tuple(layout(teacher)))
+        trace = ChannelTrace.of(teacher) if init in {"auto", "select", "graft"} else None
+        return cls(state, head, () if state is None else tuple(layout(teacher)), trace)
 
     def stage(self, start: Start) -> MimicStage | None:
         """The stage that ``start`` runs (a graft's or a head transplant's), with what it hands over; None without."""
@@ -86,7 +91,8 @@ class Start:
     def resumed(cls, state: dict, init: str, student: nn.Module, teacher: TeacherParts, epochs: int) -> Start:
         """The start a resumed run took, from its checkpoint's ``"kd"`` state (a graft is planned again)."""
         if state.get("graft"):
-            return cls("graft", init, stage_epochs=epochs, graft=Graft.of(student, teacher.layout, teacher.state)[0])
+            graft = Graft.of(student, teacher.layout, teacher.state, teacher.trace)[0]
+            return cls("graft", init, stage_epochs=epochs, graft=graft)
         if state.get("mimic"):
             return cls("mimic", init, stage_epochs=epochs)
         return cls("select" if state.get("inherited") else "none", init)
@@ -98,7 +104,7 @@ class Start:
         elif self.kept and self.init != "none":
             LOGGER.info(f"{PREFIX} kd_init={self.init}: the student has weights of its own, which are kept")
         elif self.mode == "select":
-            n = select_weights(student, teacher.state)
+            n = select_weights(student, teacher.state, teacher.trace)
             LOGGER.info(f"{PREFIX} student starts from a uniform selection of the teacher's weights ({n} tensors)")
         elif self.mode == "graft":
             LOGGER.info(
@@ -146,6 +152,10 @@ def choose_start(
     no_select = no_graft = None
     if init in {"auto", "select"}:
         no_select = inherit_problem(student, teacher.state)
+        if not no_select and (no_select := select_problem(student, teacher.trace)) and init == "auto":
+            LOGGER.warning(
+                f"{PREFIX} kd_init=auto: no weight selection, as {no_select}; trying a graft, then a mimic stage"
+            )
         if not no_select:
             return Start("select", init)
         if init == "select":
@@ -154,7 +164,7 @@ def choose_start(
                 f"Set kd_init=none (or auto) for a student of another family"
             )
     if init in {"auto", "graft"}:
-        graft, no_graft = Graft.of(student, teacher.layout, teacher.state)
+        graft, no_graft = Graft.of(student, teacher.layout, teacher.state, teacher.trace)
         no_graft = no_graft or mimic_problem(kd_mimic_epochs, epochs)
         if not no_graft:
             return Start(

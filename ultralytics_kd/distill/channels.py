@@ -1,0 +1,512 @@
+"""Channel maps for weight selection: which teacher channel each student channel of each tensor boundary takes.
+
+A single evenly spaced index over a whole dimension pairs the right channels only where that dimension has one
+student-to-teacher ratio. A layer that reads a Concat whose parts have different ratios (YOLOv8-n's 64 + 128 against
+YOLOv8-m's 192 + 384), or a C2f whose student has fewer bottlenecks, would read another teacher channel's weights. So
+the maps here follow the tensors: ``ChannelTrace`` records, once per model, the torch calls of one forward pass on a
+small input (convolutions and batch norms by the name of their weights, concatenations, splits, views, element-wise
+ops), each keyed by the module that made it. ``channel_plan`` then gives every convolution's output an evenly spaced
+map *within each part* that its consumers split it into (``chunk``, ``split``, attention heads, which are taken
+whole), concatenates maps across a Concat with the teacher's offsets, and walks the student's calls next to the
+teacher's to check that every split, residual add and view lines up. What it cannot follow exactly is a one-line
+reason, never a silent guess.
+
+With the plan, the selected student computes exactly what the teacher would if every teacher channel it drops were
+zero (``tests/distill/test_channels.py`` checks this on stock pairs).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+__all__ = ["ChannelTrace", "channel_plan", "uniform_index"]
+
+_SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
+_CATS = {"cat", "concat", "concatenate"}
+_VIEWS = {"view", "reshape", "flatten", "unflatten"}
+_MOVES = {"transpose", "permute", "swapaxes", "swapdims", "movedim", "t"}
+_MIXING = {"matmul", "__matmul__", "bmm", "mm", "einsum", "linear", "__getitem__", "__setitem__", "index_select"}
+_ALONG = {"softmax", "log_softmax", "sum", "mean", "amax", "amin", "max", "min", "argmax", "norm", "cumsum", "std"}
+
+
+def uniform_index(n_student: int, n_teacher: int) -> torch.Tensor:
+    """``n_student`` evenly spaced indices into ``range(n_teacher)``, starting at 0 (all of them when equal)."""
+    return torch.arange(n_student) * n_teacher // n_student
+
+
+@dataclass(frozen=True)
+class _T:
+    """A tensor in a recorded call, by its number in the trace."""
+
+    i: int
+
+
+@dataclass
+class _Op:
+    key: tuple  # (layer, module path within the layer, function, how many times that module called it before)
+    name: str
+    args: Any  # the call's arguments, tensors as _T and parameters or buffers by name (str)
+    ins: list[int]
+    outs: list[int]
+
+
+@dataclass
+class ChannelTrace:
+    """The torch calls of one forward pass of a model, enough to pair its channels with another model's.
+
+    Attributes:
+        ops (list): The recorded calls in order.
+        shapes (dict[int, tuple[int, ...]]): Shape of every recorded tensor.
+        params (dict[int, str]): The recorded tensors that are parameters or buffers, by state-dict name.
+        layer_out (dict[int, int]): Tensor number of each layer's output (layers of ``model.model``).
+        input (int): Tensor number of the input image.
+        state_shapes (dict[str, tuple[int, ...]]): Shape of every tensor of the model's state dict.
+    """
+
+    ops: list = field(default_factory=list)
+    shapes: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    layer_out: dict = field(default_factory=dict)
+    input: int = -1
+    state_shapes: dict = field(default_factory=dict)
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: nn.Module, imgsz: int = 64) -> ChannelTrace:
+        """Run ``model`` once on a blank ``imgsz`` image in training mode (the whole head runs) and record its calls.
+
+        Batch norms run on their running statistics, and every buffer (BN batch counts) and module mode is restored:
+        nothing in the model changes.
+        """
+        p = next(x for x in model.parameters() if x.dim() == 4)
+        x = torch.zeros(1, p.shape[1], imgsz, imgsz, device=p.device, dtype=p.dtype)
+        modes = {m: m.training for m in model.modules()}
+        buffers = [(b, b.clone()) for b in model.buffers()]
+        rec, hooks = _Recorder(model), []
+        for m in model.modules():  # each module once, a shared one (Conv's activation) too: its path is the caller's
+            hooks.append(m.register_forward_pre_hook(lambda m, _a: rec.enter(m)))
+            hooks.append(m.register_forward_hook(lambda _m, _a, _o: rec.stack.pop() and None))
+        for j, m in enumerate(getattr(model, "model", ())):
+            hooks.append(m.register_forward_hook(lambda _m, _a, o, j=j: rec.layer_out.__setitem__(j, o)))
+        try:
+            model.train()
+            trace = cls(input=rec.number(x))
+            with rec:
+                model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, mode in modes.items():
+                m.training = mode
+            for b, saved in buffers:
+                b.copy_(saved)
+        trace.ops, trace.shapes, trace.params = rec.ops, rec.shapes, rec.param_numbers
+        trace.state_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        trace.layer_out = {j: rec.ids[id(o)] for j, o in rec.layer_out.items() if isinstance(o, torch.Tensor)}
+        return trace
+
+
+class _Recorder(TorchFunctionMode):
+    """Records each torch call with tensor outputs, keyed by the innermost module running."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
+        self.paths = {id(m): n for n, m in model.named_modules()}
+        self.children = {(id(p), id(c)): n for p in model.modules() for n, c in p.named_children()}
+        self.stack, self.ops, self.counts = [("", None)], [], Counter()
+        self.ids, self.shapes, self.keep, self.param_numbers, self.layer_out = {}, {}, [], {}, {}
+
+    def enter(self, m: nn.Module) -> None:
+        """Push the path of module ``m`` as called from the running module (``model.2.m.0.cv1.act``)."""
+        path, parent = self.stack[-1]
+        name = self.children.get((id(parent), id(m)))
+        self.stack.append((f"{path}.{name}" if path else name, m) if name is not None else (self.paths[id(m)], m))
+
+    def number(self, t: torch.Tensor) -> int:
+        if id(t) not in self.ids:
+            self.ids[id(t)] = len(self.keep)
+            self.keep.append(t)  # alive until the trace ends, so no id is reused
+            self.shapes[self.ids[id(t)]] = tuple(t.shape)
+            if id(t) in self.names:
+                self.param_numbers[self.ids[id(t)]] = self.names[id(t)]
+        return self.ids[id(t)]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "batch_norm":  # on running statistics: the trace must not move them
+            args = (*args[:5], False, *args[6:]) if len(args) > 5 else args
+            kwargs = {**kwargs, "training": False} if len(args) <= 5 else kwargs
+        out = func(*args, **kwargs)
+        leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if leaves and name not in {"__get__", "size", "dim", "numel"}:
+            path = self.stack[-1][0]
+            parts = path.split(".")
+            in_layer = parts[0] == "model" and len(parts) > 1 and parts[1].isdigit()
+            layer, sub = (int(parts[1]), ".".join(parts[2:])) if in_layer else (None, path)
+            self.counts[(path, name)] += 1
+            call = tree_map(lambda a: _T(self.number(a)) if isinstance(a, torch.Tensor) else a, (args, kwargs))
+            ins = [a.i for a in tree_flatten(call)[0] if isinstance(a, _T)]
+            self.ops.append(_Op((layer, sub, name, self.counts[(path, name)]), name, call, ins, []))
+            self.ops[-1].outs = [self.number(t) for t in leaves]  # after the inputs: an in-place op returns its input
+        return out
+
+
+# reading a recorded call ----------------------------------------------------------------------------------------------
+def _arg(op: _Op, i: int, name: str, default: Any = None) -> Any:
+    args, kwargs = op.args
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _norm(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def _module(op: _Op) -> str:
+    layer, sub, _, _ = op.key
+    return ".".join(str(x) for x in ("model", layer, sub) if x != "") if layer is not None else sub or "the model"
+
+
+def _rule(op: _Op, shapes: dict, params: dict) -> tuple:
+    """What a call does to the channel dimension (dim 1) of the tensors it reads, as a tuple headed by its kind."""
+    name = op.name
+    first = op.ins[0] if op.ins else None
+    nd = len(shapes[first]) if first is not None else 0
+    if name in {"conv2d", "conv1d", "conv3d"}:
+        return "conv", _arg(op, 0, "input").i, _arg(op, 1, "weight").i, _arg(op, 2, "bias"), _arg(op, 6, "groups", 1)
+    if name == "batch_norm":
+        stats = [_arg(op, i, n) for i, n in enumerate(("input", "running_mean", "running_var", "weight", "bias"))]
+        return "bn", stats[0].i, [params[a.i] for a in stats[1:] if isinstance(a, _T) and a.i in params]
+    if name in _CATS:
+        xs = [a.i for a in _arg(op, 0, "tensors")]
+        nd = len(shapes[xs[0]])
+        if nd >= 2 and _norm(_arg(op, 1, "dim", 0), nd) == 1:
+            return "cat", xs
+    if name in _SPLITS and nd >= 2:
+        dim = _arg(op, 1 if name == "unbind" else 2, "dim", 0)
+        if _norm(dim, nd) == 1:
+            return ("split", first) if name != "unbind" else ("opaque",)
+        return ("same", [first])
+    if name in _VIEWS and nd >= 2:
+        a, b = shapes[first], shapes[op.outs[0]]
+        if len(b) >= 2 and a[:2] == b[:2]:
+            return "same", [first]
+        if len(b) >= 3 and a[0] == b[0] and b[1] * b[2] == a[1] and _prod(b[3:]) == _prod(a[2:]):
+            return "heads", first
+        if len(a) >= 3 and a[0] == b[0] and a[1] * a[2] == b[1] and _prod(a[3:]) == _prod(b[2:]):
+            return "merge", first
+        return ("opaque",)
+    if name in _MOVES and nd >= 2:
+        rest = [d for a in op.args[0][1:] for d in (a if isinstance(a, (list, tuple)) else [a])]
+        if name == "permute":
+            moved = _norm(rest[1], nd) != 1
+        else:
+            moved = name in {"movedim", "t"} or 1 in {_norm(d, nd) for d in rest[:2]}
+        return ("opaque",) if moved else ("same", [first])
+    if name in _ALONG:
+        dim = _arg(op, 1, "dim")
+        over_channels = dim is None or isinstance(dim, (list, tuple)) or _norm(dim, nd) == 1
+        return ("opaque",) if over_channels else ("same", [first])
+    if name in {"matmul", "__matmul__"} and all(len(shapes[i]) >= 4 for i in op.ins):
+        return "same", op.ins  # dim 1 is a batch dimension (attention heads)
+    if name in _MIXING:
+        return ("opaque",)
+    outs = [shapes[o] for o in op.outs]
+    if outs and all(len(s) >= 2 and s[1] == outs[0][1] for s in outs):
+        ins = [i for i in op.ins if i not in params and len(shapes[i]) >= 2 and shapes[i][1] != 1]
+        if all(shapes[i][1] == outs[0][1] for i in ins):
+            return "same", ins
+    return ("opaque",)
+
+
+def _prod(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
+
+
+# pairing two traces ---------------------------------------------------------------------------------------------------
+class _Side:
+    """One model's trace as seen from the student: op keys with the student's layer numbers, tensors by key."""
+
+    def __init__(self, trace: ChannelTrace, fixed: dict[int, tuple], shift: int = 0, start: int | None = None):
+        self.trace, self.shapes, self.params, self.fixed = trace, trace.shapes, trace.params, fixed
+        self.ops = [op for op in trace.ops if start is None or (op.key[0] is not None and op.key[0] >= start)]
+        self.by_key, self.made, self.out = {}, {}, {}
+        for op in self.ops:
+            op_key = (op.key[0] - shift if op.key[0] is not None else None, *op.key[1:])
+            self.by_key[op_key] = op
+            for i, o in enumerate(op.outs):
+                self.made[o], self.out[(op_key, i)] = (op_key, i), o
+        for n, key in fixed.items():  # the input, or a graft's entries: paired by layer, not by call
+            self.made[n], self.out[key] = key, n
+
+
+def _slice(segs: list, a: int, b: int) -> list:
+    out, pos = [], 0
+    for src, lo, hi in segs:
+        s, e = max(a, pos), min(b, pos + hi - lo)
+        if s < e:
+            out.append((src, lo + s - pos, lo + e - pos))
+        pos += hi - lo
+    return out
+
+
+def _locate(segs: list, p: int) -> tuple | None:
+    """The source and its channel at position ``p`` of a tensor, or None where ``p`` falls between two sources."""
+    pos = 0
+    for src, lo, hi in segs:
+        if pos < p < pos + hi - lo:
+            return src, lo + p - pos
+        pos += hi - lo
+    return None
+
+
+def _depthwise(groups: int, weight: tuple) -> bool:
+    return groups > 1 and weight[1] == 1 and weight[0] == groups
+
+
+def _parts(side: _Side) -> tuple[dict, dict, dict]:
+    """Where one model's consumers cut each convolution's output: the cuts of every split (by call), the head size of
+    every output viewed as attention heads, and each output's width."""
+    shapes, keys = side.shapes, {id(op): k for k, op in side.by_key.items()}
+    prov = {n: [(key, 0, shapes[n][1])] for n, key in side.fixed.items()}
+    cuts, units, widths = {}, {}, {}
+    for op in side.ops:
+        rule, k = _rule(op, shapes, side.params), keys[id(op)]
+        kind, out = rule[0], op.outs[0]
+        if kind == "conv":
+            x, w, groups = rule[1], rule[2], rule[4]
+            if _depthwise(groups, shapes[w]):
+                prov[out] = prov.get(x)
+            else:
+                prov[out], widths[k] = [(k, 0, shapes[w][0])], shapes[w][0]
+        elif kind == "bn" and rule[1] in prov:
+            prov[out] = prov[rule[1]]
+        elif kind == "cat" and all(prov.get(x) for x in rule[1]):
+            prov[out] = [s for x in rule[1] for s in prov[x]]
+        elif kind == "split" and prov.get(rule[1]):
+            ends = [0]
+            for o in op.outs:
+                ends.append(ends[-1] + shapes[o][1])
+                prov[o] = _slice(prov[rule[1]], ends[-2], ends[-1])
+            cuts[k] = [_locate(prov[rule[1]], p) for p in ends[1:-1]]
+        elif kind == "heads" and prov.get(rule[1]) and len(prov[rule[1]]) == 1:
+            src, lo, hi = prov[rule[1]][0]
+            if lo == 0 and hi == widths.get(src):
+                units[src] = shapes[out][2]
+        elif kind == "same":
+            known = [prov[i] for i in rule[1] if prov.get(i) and shapes[i][1] == shapes[out][1]]
+            for o in op.outs:
+                if known:
+                    prov[o] = known[0]
+    return cuts, units, widths
+
+
+def _choose(student: _Side, teacher: _Side) -> tuple[dict | None, str | None]:
+    """Each student convolution output's map: evenly spaced within each part its consumers cut it into."""
+    s_cuts, s_units, s_widths = _parts(student)
+    t_cuts, t_units, t_widths = _parts(teacher)
+    bounds: dict[tuple, set] = {}
+    for k, cs in s_cuts.items():
+        for a, b in zip(cs, t_cuts.get(k, ())):
+            if a and b and a[0] == b[0]:
+                bounds.setdefault(a[0], set()).add((a[1], b[1]))
+    maps = {}
+    for src, s in s_widths.items():
+        t = t_widths.get(src)
+        if t is None:
+            continue  # no teacher convolution to pair with: the walk says where
+        if src in s_units and s_units[src] == t_units.get(src):
+            per = s_units[src]
+            heads = uniform_index(s // per, t // per)
+            maps[src] = (heads[:, None] * per + torch.arange(per)).flatten()
+            continue
+        pairs = sorted(bounds.get(src, set()) | {(0, 0), (s, t)})
+        if any(b[0] <= a[0] or b[1] <= a[1] or b[0] - a[0] > b[1] - a[1] for a, b in zip(pairs, pairs[1:])):
+            where = _module(student.by_key[src])
+            return None, f"the consumers of {where} cut its {s} channels and the teacher's {t} at {pairs[1:-1]}"
+        maps[src] = torch.cat([q + uniform_index(p1 - p, q1 - q) for (p, q), (p1, q1) in zip(pairs, pairs[1:])])
+    return maps, None
+
+
+class _Refuse(Exception):
+    """A pair of tensors whose channels the plan cannot pair exactly; the message is the one-line reason."""
+
+
+def _full(m: torch.Tensor, width: int) -> bool:
+    return len(m) == width and torch.equal(m, torch.arange(width))
+
+
+def _walk(student: _Side, teacher: _Side, chosen: dict) -> dict[int, list]:
+    """Carry the maps through the student's calls next to the teacher's; return each parameter's map on each dim.
+
+    Raises:
+        _Refuse: Where a split, add, view or call pairs student and teacher channels inconsistently.
+    """
+    ss, ts = student.shapes, teacher.shapes
+    maps = {}  # student tensor -> (map into the paired teacher tensor's dim 1, whether dim 1 counts attention heads)
+    for n, key in student.fixed.items():
+        maps[n] = (uniform_index(ss[n][1], ts[teacher.out[key]][1]), False)
+    found: dict[str, list] = {}
+
+    def record(name: str, dims: list) -> None:
+        old = found.setdefault(name, dims)
+        if len(old) != len(dims) or any(
+            (a is None) != (b is None) or (a is not None and not torch.equal(a, b)) for a, b in zip(old, dims)
+        ):
+            raise _Refuse(f"'{name}' is used twice with different channels")
+
+    keys = {id(op): k for k, op in student.by_key.items()}
+    for op in student.ops:
+        k, where = keys[id(op)], _module(op)
+        top = teacher.by_key.get(k)
+        rule = _rule(op, ss, student.params)
+        kind = rule[0]
+        partial = [i for i in op.ins if i in maps and not _full(maps[i][0], _width(i, student, teacher))]
+        if top is None or kind == "opaque" or _rule(top, ts, teacher.params)[0] != kind:
+            if partial:
+                raise _Refuse(f"cannot follow `{op.name}` in {where} on a subset of the teacher's channels")
+            if top is not None:
+                for o, to in zip(op.outs, top.outs):
+                    if ss[o] == ts[to] and len(ss[o]) >= 2:
+                        maps[o] = (torch.arange(ss[o][1]), False)
+            continue
+        trule, out = _rule(top, ts, teacher.params), op.outs[0]
+        if kind == "conv":
+            x, w, b, groups = rule[1:]
+            tw, tgroups = ts[trule[2]], trule[4]
+            if x not in maps:
+                raise _Refuse(f"cannot follow the channels into {where}")
+            mx = maps[x][0]
+            if groups == 1 and tgroups == 1:
+                if k not in chosen:
+                    raise _Refuse(f"{where} has no teacher convolution to pair with")
+                m, dims = chosen[k], [chosen[k], mx]
+            elif _depthwise(groups, ss[w]) and _depthwise(tgroups, tw):
+                m, dims = mx, [mx, None]
+            else:
+                raise _Refuse(f"{where} is a grouped convolution ({groups} and {tgroups} groups)")
+            record(student.params[w], dims)
+            if isinstance(b, _T):
+                record(student.params[b.i], [m])
+            maps[out] = (m, False)
+        elif kind == "bn":
+            if rule[1] not in maps:
+                raise _Refuse(f"cannot follow the channels into {where}")
+            for name in rule[2]:
+                record(name, [maps[rule[1]][0]])
+            maps[out] = maps[rule[1]]
+        elif kind == "cat":
+            offsets, at = {}, 0
+            for tx in trule[1]:
+                offsets[teacher.made.get(tx)], at = at, at + ts[tx][1]
+            parts = []
+            for x in rule[1]:
+                if x not in maps or student.made.get(x) not in offsets:
+                    raise _Refuse(f"{where} concatenates a tensor that the teacher's concatenation does not have")
+                parts.append(maps[x][0] + offsets[student.made[x]])
+            maps[out] = (torch.cat(parts), False)
+        elif kind == "split":
+            if rule[1] not in maps or len(op.outs) != len(top.outs):
+                raise _Refuse(f"cannot follow the split in {where}")
+            (mx, heads), a, ta = maps[rule[1]], 0, 0
+            for o, to in zip(op.outs, top.outs):
+                part = mx[a : a + ss[o][1]] - ta
+                if len(part) and (part.min() < 0 or part.max() >= ts[to][1]):
+                    raise _Refuse(f"the split in {where} cuts the teacher's channels where the student's are not cut")
+                maps[o], a, ta = (part, heads), a + ss[o][1], ta + ts[to][1]
+        elif kind == "heads":
+            if rule[1] not in maps or maps[rule[1]][1]:
+                raise _Refuse(f"cannot follow the view in {where}")
+            per, tper = ss[out][2], ts[top.outs[0]][2]
+            if per != tper:
+                raise _Refuse(f"{where} has attention heads of {per} channels where the teacher's have {tper}")
+            rows = maps[rule[1]][0].view(-1, per)
+            if not (torch.equal(rows, rows[:, :1] + torch.arange(per)) and (rows[:, 0] % per == 0).all()):
+                raise _Refuse(f"the selection in {where} does not take whole attention heads")
+            maps[out] = (rows[:, 0] // per, True)
+        elif kind == "merge":
+            if rule[1] not in maps or not maps[rule[1]][1]:
+                raise _Refuse(f"cannot follow the view in {where}")
+            per = ss[rule[1]][2]
+            maps[out] = ((maps[rule[1]][0][:, None] * per + torch.arange(per)).flatten(), False)
+        elif kind == "same":
+            seen = [maps[i] for i in rule[1] if i in maps]
+            if any(h != seen[0][1] or not torch.equal(m, seen[0][0]) for m, h in seen[1:]):
+                raise _Refuse(
+                    f"`{op.name}` in {where} joins tensors whose channels come from different teacher channels"
+                )
+            for o in op.outs if seen else ():
+                maps[o] = seen[0]
+        for o, to in zip(op.outs, top.outs):
+            if o in maps and [x for d, x in enumerate(ss[o]) if d != 1] != [x for d, x in enumerate(ts[to]) if d != 1]:
+                raise _Refuse(f"`{op.name}` in {where} gives a {ss[o]} tensor where the teacher's is {ts[to]}")
+    return found
+
+
+def _width(n: int, student: _Side, teacher: _Side) -> int:
+    """Width of the teacher tensor paired with student tensor ``n`` (-1 without one)."""
+    t = teacher.out.get(student.made.get(n))
+    return teacher.shapes[t][1] if t is not None else -1
+
+
+def channel_plan(
+    student: nn.Module, teacher: nn.Module | ChannelTrace, graft: Any = None
+) -> tuple[dict[str, tuple[str, list]] | None, str | None]:
+    """Which teacher tensor, and which indices on each of its dims, every student tensor takes.
+
+    Args:
+        student (nn.Module): The student, an Ultralytics model.
+        teacher (nn.Module | ChannelTrace): The unfused teacher, or ``ChannelTrace.of(teacher)``.
+        graft (inherit.Graft, optional): Plan only the grafted layers, fed by the backbone outputs in
+            ``graft.entries``, each taking evenly spaced teacher channels (as ``EntryMimic`` trains them to).
+
+    Returns:
+        (tuple[dict | None, str | None]): ``{student key: (teacher key, [indices or None per dim])}`` and None, or None
+            and a one-line reason why the channels cannot be paired exactly.
+    """
+    s_trace = ChannelTrace.of(student)
+    t_trace = teacher if isinstance(teacher, ChannelTrace) else ChannelTrace.of(teacher)
+    if graft is None:
+        start, shift, s_fixed = None, 0, {s_trace.input: ("input",)}
+        t_fixed = {t_trace.input: ("input",)}
+    else:
+        start, shift = graft.start, graft.offset
+        s_fixed = {s_trace.layer_out[a]: ("entry", a) for a, _ in graft.entries}
+        t_fixed = {t_trace.layer_out[b]: ("entry", a) for a, b in graft.entries}
+    s_side = _Side(s_trace, s_fixed, 0, start)
+    t_side = _Side(t_trace, t_fixed, shift, None if start is None else start + shift)
+    chosen, why = _choose(s_side, t_side)
+    if why:
+        return None, why
+    try:
+        found = _walk(s_side, t_side, chosen)
+    except _Refuse as e:
+        return None, str(e)
+    t_shapes = t_trace.state_shapes
+    plan = {}
+    for k, v in student.state_dict().items():
+        parts = k.split(".")
+        if start is not None and not (parts[0] == "model" and parts[1].isdigit() and int(parts[1]) >= start):
+            continue
+        tk = ".".join([parts[0], str(int(parts[1]) + shift), *parts[2:]]) if start is not None else k
+        dims = found.get(k, [])
+        dims = dims + [None] * (v.dim() - len(dims))
+        t_shape = t_shapes.get(tk)
+        if t_shape is None:
+            return None, f"the teacher has no tensor '{tk}' for the student's '{k}'"
+        for d, idx in enumerate(dims):
+            if idx is None and v.shape[d] != t_shape[d]:
+                return None, f"'{k}' is {tuple(v.shape)} in the student but {tuple(t_shape)} in the teacher"
+        plan[k] = (tk, dims)
+    return plan, None
