@@ -8,6 +8,7 @@ import pytest
 from ultralytics.nn.tasks import DetectionModel
 
 import ultralytics_kd  # noqa: F401  (registers the ShuffleV2 block)
+from ultralytics_kd.distill import start as start_module
 from ultralytics_kd.distill.inherit import inherit_problem
 from ultralytics_kd.distill.stage import MimicStage
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
@@ -91,3 +92,30 @@ def test_a_student_with_the_teachers_neck_and_head_is_grafted():
         _choose("graft", SHUFFLE, v9s)
     with pytest.raises(ValueError, match="leaving none to train the detector"):
         _choose("graft", ELAN, v9s, kd_mimic_epochs=2, epochs=2)
+
+
+def _concat_then_adown(first: int) -> DetectionModel:
+    """Conv ``first`` and Conv 16 concatenated, then ADown (which halves its input), one-level Detect."""
+    layers = [[-1, 1, "Conv", [first, 3, 2]], [-1, 1, "Conv", [16, 3, 1]], [[0, 1], 1, "Concat", [1]]]
+    cfg = {"nc": 2, "backbone": [*layers, [-1, 1, "ADown", [16]]], "head": [[[3], 1, "Detect", ["nc"]]]}
+    return DetectionModel(cfg, verbose=False)
+
+
+def test_a_student_whose_channels_cannot_be_paired_is_not_selected(monkeypatch):
+    """Same layout, but ADown halves the student's 16 + 16 at the Concat's seam and the teacher's 32 + 16 inside its
+    first part: auto says so and takes the mimic stage; kd_init=select refuses with the reason and the fix."""
+    student, teacher = _concat_then_adown(16), _concat_then_adown(32)
+    assert inherit_problem(student, teacher) is None  # the names and shapes alone would allow a selection
+    warnings = []
+    monkeypatch.setattr(start_module.LOGGER, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    parts = TeacherParts.of(teacher, "auto")
+    start = choose_start("auto", student, parts, has_weights=False, kd_mimic_epochs=0.25, epochs=8)
+    reason = "the split in model.3 cuts the teacher's channels where the student's are not cut"
+    assert start.mode == "mimic" and start.no_select == (
+        f"its channels cannot be paired exactly with the teacher's ({reason})"
+    )
+    assert len(warnings) == 1 and "kd_init=auto: no weight selection" in warnings[0] and reason in warnings[0]
+    with pytest.raises(ValueError, match=r"kd_init=select .* split in model.3 .*Set kd_init=auto \(a mimic stage"):
+        choose_start(
+            "select", student, TeacherParts.of(teacher, "select"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
+        )

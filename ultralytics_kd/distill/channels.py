@@ -32,7 +32,26 @@ _SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
 _CATS = {"cat", "concat", "concatenate"}
 _VIEWS = {"view", "reshape", "flatten", "unflatten"}
 _MOVES = {"transpose", "permute", "swapaxes", "swapdims", "movedim", "t"}
-_MIXING = {"matmul", "__matmul__", "bmm", "mm", "einsum", "linear", "__getitem__", "__setitem__", "index_select"}
+# calls that mix, pick or normalise channels in ways the maps do not follow (with a parameter read directly, any call)
+_MIXING = {
+    "matmul",
+    "__matmul__",
+    "bmm",
+    "mm",
+    "einsum",
+    "linear",
+    "__getitem__",
+    "__setitem__",
+    "index_select",
+    "gather",
+    "channel_shuffle",
+    "group_norm",
+    "layer_norm",
+    "instance_norm",
+    "normalize",
+    "conv_transpose2d",
+}
+# calls along one dimension (its number the first argument after the tensor): fine unless it is the channel one
 _ALONG = {"softmax", "log_softmax", "sum", "mean", "amax", "amin", "max", "min", "argmax", "norm", "cumsum", "std"}
 
 
@@ -176,7 +195,12 @@ def _module(op: _Op) -> str:
 
 
 def _rule(op: _Op, shapes: dict, params: dict) -> tuple:
-    """What a call does to the channel dimension (dim 1) of the tensors it reads, as a tuple headed by its kind."""
+    """What a call does to the channel dimension (dim 1) of the tensors it reads, as a tuple headed by its kind.
+
+    ``conv`` (input, weight, bias, groups), ``bn`` (input, its tensors' names), ``cat`` (inputs), ``split`` (input),
+    ``heads`` (a view of the channels as attention heads and their channels), ``merge`` (its inverse), ``same``
+    (element-wise on channels, or along another dimension: the tracked inputs must share one map) and ``opaque``.
+    """
     name = op.name
     first = op.ins[0] if op.ins else None
     nd = len(shapes[first]) if first is not None else 0
@@ -217,7 +241,7 @@ def _rule(op: _Op, shapes: dict, params: dict) -> tuple:
         return ("opaque",) if over_channels else ("same", [first])
     if name in {"matmul", "__matmul__"} and all(len(shapes[i]) >= 4 for i in op.ins):
         return "same", op.ins  # dim 1 is a batch dimension (attention heads)
-    if name in _MIXING:
+    if name in _MIXING or any(i in params for i in op.ins):
         return ("opaque",)
     outs = [shapes[o] for o in op.outs]
     if outs and all(len(s) >= 2 and s[1] == outs[0][1] for s in outs):

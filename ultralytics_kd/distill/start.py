@@ -152,16 +152,20 @@ def choose_start(
     no_select = no_graft = None
     if init in {"auto", "select"}:
         no_select = inherit_problem(student, teacher.state)
-        if not no_select and (no_select := select_problem(student, teacher.trace)) and init == "auto":
+        no_channels = None if no_select else select_problem(student, teacher.trace)  # same layout, channels unpaired
+        no_select = no_select or no_channels
+        if no_channels and init == "auto":
             LOGGER.warning(
                 f"{PREFIX} kd_init=auto: no weight selection, as {no_select}; trying a graft, then a mimic stage"
             )
         if not no_select:
             return Start("select", init)
         if init == "select":
+            other = "kd_init=none (or auto) for a student of another family"
+            fix = "kd_init=auto (a mimic stage instead) or none" if no_channels else other
             raise ValueError(
                 f"kd_init=select copies the teacher's weights into a student of the same layout, but {no_select}. "
-                f"Set kd_init=none (or auto) for a student of another family"
+                f"Set {fix}"
             )
     if init in {"auto", "graft"}:
         graft, no_graft = Graft.of(student, teacher.layout, teacher.state, teacher.trace)
