@@ -12,7 +12,7 @@ teacher's to check that every split, residual add and view lines up. What it can
 reason, never a silent guess.
 
 With the plan, the selected student computes exactly what the teacher would if every teacher channel it drops were
-zero (``tests/distill/test_channels.py`` checks this on stock pairs).
+zero (``tests/distill/test_inherit.py`` checks this on stock pairs).
 """
 
 from __future__ import annotations
@@ -371,117 +371,138 @@ def _full(m: torch.Tensor, width: int) -> bool:
     return len(m) == width and torch.equal(m, torch.arange(width))
 
 
-def _walk(student: _Side, teacher: _Side, chosen: dict) -> dict[int, list]:
-    """Carry the maps through the student's calls next to the teacher's; return each parameter's map on each dim.
+class _Walk:
+    """Carries the maps through the student's calls next to the teacher's, and each parameter's maps out of them.
 
-    Raises:
-        _Refuse: Where a split, add, view or call pairs student and teacher channels inconsistently.
+    A student tensor's map gives, for each of its channels (dim 1), the channel of the paired teacher tensor it holds;
+    after a view as attention heads, dim 1 counts heads (``heads``) and the map gives teacher heads.
     """
-    ss, ts = student.shapes, teacher.shapes
-    maps = {}  # student tensor -> (map into the paired teacher tensor's dim 1, whether dim 1 counts attention heads)
-    for n, key in student.fixed.items():
-        maps[n] = (uniform_index(ss[n][1], ts[teacher.out[key]][1]), False)
-    found: dict[str, list] = {}
 
-    def record(name: str, dims: list) -> None:
-        old = found.setdefault(name, dims)
-        if len(old) != len(dims) or any(
-            (a is None) != (b is None) or (a is not None and not torch.equal(a, b)) for a, b in zip(old, dims)
-        ):
+    def __init__(self, student: _Side, teacher: _Side, chosen: dict):
+        self.s, self.t, self.chosen = student, teacher, chosen
+        self.maps = {n: (uniform_index(student.shapes[n][1], self._twidth(n)), False) for n in student.fixed}
+        self.found: dict[str, list] = {}
+
+    def run(self) -> dict[str, list]:
+        """Each student parameter's indices into the teacher's, per dim (None: all).
+
+        Raises:
+            _Refuse: Where a split, add, view or call pairs student and teacher channels inconsistently.
+        """
+        keys = {id(op): k for k, op in self.s.by_key.items()}
+        for op in self.s.ops:
+            top = self.t.by_key.get(keys[id(op)])
+            rule = _rule(op, self.s.shapes, self.s.params)
+            trule = _rule(top, self.t.shapes, self.t.params) if top else ("opaque",)
+            if rule[0] == "opaque" or trule[0] != rule[0]:
+                self.opaque(op, top)
+                continue
+            getattr(self, rule[0])(op, top, rule[1:], trule[1:], keys[id(op)])
+            for o, to in zip(op.outs, top.outs):
+                a, b = self.s.shapes[o], self.t.shapes[to]
+                if o in self.maps and (len(a) != len(b) or any(x != y for d, (x, y) in enumerate(zip(a, b)) if d != 1)):
+                    raise _Refuse(f"`{op.name}` in {_module(op)} gives a {a} tensor where the teacher's is {b}")
+        return self.found
+
+    def _twidth(self, n: int) -> int:
+        """Width of the teacher tensor paired with student tensor ``n`` (-1 without one)."""
+        t = self.t.out.get(self.s.made.get(n))
+        return self.t.shapes[t][1] if t is not None else -1
+
+    def _map(self, n: int, op: _Op) -> tuple[torch.Tensor, bool]:
+        if n not in self.maps:
+            raise _Refuse(f"cannot follow the channels into {_module(op)}")
+        return self.maps[n]
+
+    def _record(self, name: str, dims: list) -> None:
+        old = self.found.setdefault(name, dims)
+        if any((a is None) != (b is None) or (a is not None and not torch.equal(a, b)) for a, b in zip(old, dims)):
             raise _Refuse(f"'{name}' is used twice with different channels")
 
-    keys = {id(op): k for k, op in student.by_key.items()}
-    for op in student.ops:
-        k, where = keys[id(op)], _module(op)
-        top = teacher.by_key.get(k)
-        rule = _rule(op, ss, student.params)
-        kind = rule[0]
-        partial = [i for i in op.ins if i in maps and not _full(maps[i][0], _width(i, student, teacher))]
-        if top is None or kind == "opaque" or _rule(top, ts, teacher.params)[0] != kind:
-            if partial:
-                raise _Refuse(f"cannot follow `{op.name}` in {where} on a subset of the teacher's channels")
-            if top is not None:
-                for o, to in zip(op.outs, top.outs):
-                    if ss[o] == ts[to] and len(ss[o]) >= 2:
-                        maps[o] = (torch.arange(ss[o][1]), False)
-            continue
-        trule, out = _rule(top, ts, teacher.params), op.outs[0]
-        if kind == "conv":
-            x, w, b, groups = rule[1:]
-            tw, tgroups = ts[trule[2]], trule[4]
-            if x not in maps:
-                raise _Refuse(f"cannot follow the channels into {where}")
-            mx = maps[x][0]
-            if groups == 1 and tgroups == 1:
-                if k not in chosen:
-                    raise _Refuse(f"{where} has no teacher convolution to pair with")
-                m, dims = chosen[k], [chosen[k], mx]
-            elif _depthwise(groups, ss[w]) and _depthwise(tgroups, tw):
-                m, dims = mx, [mx, None]
-            else:
-                raise _Refuse(f"{where} is a grouped convolution ({groups} and {tgroups} groups)")
-            record(student.params[w], dims)
-            if isinstance(b, _T):
-                record(student.params[b.i], [m])
-            maps[out] = (m, False)
-        elif kind == "bn":
-            if rule[1] not in maps:
-                raise _Refuse(f"cannot follow the channels into {where}")
-            for name in rule[2]:
-                record(name, [maps[rule[1]][0]])
-            maps[out] = maps[rule[1]]
-        elif kind == "cat":
-            offsets, at = {}, 0
-            for tx in trule[1]:
-                offsets[teacher.made.get(tx)], at = at, at + ts[tx][1]
-            parts = []
-            for x in rule[1]:
-                if x not in maps or student.made.get(x) not in offsets:
-                    raise _Refuse(f"{where} concatenates a tensor that the teacher's concatenation does not have")
-                parts.append(maps[x][0] + offsets[student.made[x]])
-            maps[out] = (torch.cat(parts), False)
-        elif kind == "split":
-            if rule[1] not in maps or len(op.outs) != len(top.outs):
-                raise _Refuse(f"cannot follow the split in {where}")
-            (mx, heads), a, ta = maps[rule[1]], 0, 0
-            for o, to in zip(op.outs, top.outs):
-                part = mx[a : a + ss[o][1]] - ta
-                if len(part) and (part.min() < 0 or part.max() >= ts[to][1]):
-                    raise _Refuse(f"the split in {where} cuts the teacher's channels where the student's are not cut")
-                maps[o], a, ta = (part, heads), a + ss[o][1], ta + ts[to][1]
-        elif kind == "heads":
-            if rule[1] not in maps or maps[rule[1]][1]:
-                raise _Refuse(f"cannot follow the view in {where}")
-            per, tper = ss[out][2], ts[top.outs[0]][2]
-            if per != tper:
-                raise _Refuse(f"{where} has attention heads of {per} channels where the teacher's have {tper}")
-            rows = maps[rule[1]][0].view(-1, per)
-            if not (torch.equal(rows, rows[:, :1] + torch.arange(per)) and (rows[:, 0] % per == 0).all()):
-                raise _Refuse(f"the selection in {where} does not take whole attention heads")
-            maps[out] = (rows[:, 0] // per, True)
-        elif kind == "merge":
-            if rule[1] not in maps or not maps[rule[1]][1]:
-                raise _Refuse(f"cannot follow the view in {where}")
-            per = ss[rule[1]][2]
-            maps[out] = ((maps[rule[1]][0][:, None] * per + torch.arange(per)).flatten(), False)
-        elif kind == "same":
-            seen = [maps[i] for i in rule[1] if i in maps]
-            if any(h != seen[0][1] or not torch.equal(m, seen[0][0]) for m, h in seen[1:]):
-                raise _Refuse(
-                    f"`{op.name}` in {where} joins tensors whose channels come from different teacher channels"
-                )
-            for o in op.outs if seen else ():
-                maps[o] = seen[0]
+    # one method per kind of call (``_rule``) --------------------------------------------------------------------------
+    def opaque(self, op: _Op, top: _Op | None) -> None:
+        """A call the maps do not follow: fine on whole tensors only, whose outputs are whole where the shapes agree."""
+        if any(i in self.maps and not _full(self.maps[i][0], self._twidth(i)) for i in op.ins):
+            raise _Refuse(f"cannot follow `{op.name}` in {_module(op)} on a subset of the teacher's channels")
+        for o, to in zip(op.outs, top.outs if top else ()):
+            if self.s.shapes[o] == self.t.shapes[to] and len(self.s.shapes[o]) >= 2:
+                self.maps[o] = (torch.arange(self.s.shapes[o][1]), False)
+
+    def conv(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        """Reads the input's map; writes the map chosen for its output (a depthwise one keeps its input's)."""
+        x, w, b, groups = rule
+        mx = self._map(x, op)[0]
+        if groups == 1 and trule[3] == 1:
+            if key not in self.chosen:
+                raise _Refuse(f"{_module(op)} has no teacher convolution to pair with")
+            m, dims = self.chosen[key], [self.chosen[key], mx]
+        elif _depthwise(groups, self.s.shapes[w]) and _depthwise(trule[3], self.t.shapes[trule[1]]):
+            m, dims = mx, [mx, None]
+        else:
+            raise _Refuse(f"{_module(op)} is a grouped convolution ({groups} and {trule[3]} groups)")
+        self._record(self.s.params[w], dims)
+        if isinstance(b, _T):
+            self._record(self.s.params[b.i], [m])
+        self.maps[op.outs[0]] = (m, False)
+
+    def bn(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        x, names = rule
+        for name in names:
+            self._record(name, [self._map(x, op)[0]])
+        self.maps[op.outs[0]] = self.maps[x]
+
+    def cat(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        """Each input's map, moved to where the teacher's concatenation holds the paired tensor."""
+        offsets, at = {}, 0
+        for tx in trule[0]:
+            offsets[self.t.made.get(tx)], at = at, at + self.t.shapes[tx][1]
+        parts = []
+        for x in rule[0]:
+            if self.s.made.get(x) not in offsets:
+                raise _Refuse(f"{_module(op)} concatenates a tensor that the teacher's concatenation does not have")
+            parts.append(self._map(x, op)[0] + offsets[self.s.made[x]])
+        self.maps[op.outs[0]] = (torch.cat(parts), False)
+
+    def split(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        """Each part's map, relative to the teacher's part, which must hold all of it."""
+        (mx, heads), a, ta = self._map(rule[0], op), 0, 0
+        if len(op.outs) != len(top.outs):
+            raise _Refuse(f"the split in {_module(op)} gives {len(op.outs)} parts, the teacher's {len(top.outs)}")
         for o, to in zip(op.outs, top.outs):
-            if o in maps and [x for d, x in enumerate(ss[o]) if d != 1] != [x for d, x in enumerate(ts[to]) if d != 1]:
-                raise _Refuse(f"`{op.name}` in {where} gives a {ss[o]} tensor where the teacher's is {ts[to]}")
-    return found
+            n, tn = self.s.shapes[o][1], self.t.shapes[to][1]
+            part = mx[a : a + n] - ta
+            if len(part) and (part.min() < 0 or part.max() >= tn):
+                raise _Refuse(f"the split in {_module(op)} cuts the teacher's channels where the student's are not cut")
+            self.maps[o], a, ta = (part, heads), a + n, ta + tn
 
+    def heads(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        """Channels viewed as (heads, channels per head): whole heads of the teacher's size, mapped to its heads."""
+        mx, heads = self._map(rule[0], op)
+        per, tper = self.s.shapes[op.outs[0]][2], self.t.shapes[top.outs[0]][2]
+        if heads:
+            raise _Refuse(f"cannot follow the view in {_module(op)}")
+        if per != tper:
+            raise _Refuse(f"{_module(op)} has attention heads of {per} channels where the teacher's have {tper}")
+        rows = mx.view(-1, per)
+        if not (torch.equal(rows, rows[:, :1] + torch.arange(per)) and (rows[:, 0] % per == 0).all()):
+            raise _Refuse(f"the selection in {_module(op)} does not take whole attention heads")
+        self.maps[op.outs[0]] = (rows[:, 0] // per, True)
 
-def _width(n: int, student: _Side, teacher: _Side) -> int:
-    """Width of the teacher tensor paired with student tensor ``n`` (-1 without one)."""
-    t = teacher.out.get(student.made.get(n))
-    return teacher.shapes[t][1] if t is not None else -1
+    def merge(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        """Heads viewed as channels again (their size is the teacher's: the shape check after each call)."""
+        m, heads = self._map(rule[0], op)
+        if not heads:
+            raise _Refuse(f"cannot follow the view in {_module(op)}")
+        per = self.s.shapes[rule[0]][2]
+        self.maps[op.outs[0]] = ((m[:, None] * per + torch.arange(per)).flatten(), False)
+
+    def same(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+        """Element-wise (a residual add, an activation) or along another dim: one map in, the same map out."""
+        seen = [self.maps[i] for i in rule[0] if i in self.maps]
+        if any(h != seen[0][1] or not torch.equal(m, seen[0][0]) for m, h in seen[1:]):
+            raise _Refuse(f"`{op.name}` in {_module(op)} joins tensors that hold different teacher channels")
+        for o in op.outs if seen else ():
+            self.maps[o] = seen[0]
 
 
 def channel_plan(
@@ -514,7 +535,7 @@ def channel_plan(
     if why:
         return None, why
     try:
-        found = _walk(s_side, t_side, chosen)
+        found = _Walk(s_side, t_side, chosen).run()
     except _Refuse as e:
         return None, str(e)
     t_shapes = t_trace.state_shapes
