@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from ultralytics.nn.tasks import DetectionModel
 
-from ultralytics_kd.distill.channels import ChannelTrace, channel_plan
+from ultralytics_kd.distill.channels import channel_plan
 from ultralytics_kd.distill.inherit import select_weights
+from ultralytics_kd.distill.tracing import ChannelTrace
 
 
 def _model(a: int, b: int, c: int, after: list | None = None) -> DetectionModel:

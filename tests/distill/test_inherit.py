@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
-from ultralytics_kd.distill.channels import ChannelTrace, channel_plan
+from ultralytics_kd.distill.channels import channel_plan
 from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_graft, select_weights, uniform_index
+from ultralytics_kd.distill.tracing import ChannelTrace
 
 
 def test_uniform_index_is_evenly_spaced_and_keeps_chunks_paired():

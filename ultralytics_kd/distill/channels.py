@@ -3,12 +3,12 @@
 A single evenly spaced index over a whole dimension pairs the right channels only where that dimension has one
 student-to-teacher ratio. A layer that reads a Concat whose parts have different ratios (YOLOv8-n's 64 + 128 against
 YOLOv8-m's 192 + 384), or a C2f whose student has fewer bottlenecks, would read another teacher channel's weights. So
-the maps here follow the tensors: ``ChannelTrace`` records, once per model, the torch calls of one forward pass on a
-small input (convolutions and batch norms by the name of their weights, concatenations, splits, views, element-wise
-ops), each keyed by the module that made it. ``channel_plan`` then gives every convolution's output an evenly spaced
-map *within each part* that its consumers split it into (``chunk``, ``split``, attention heads, which are taken
-whole), concatenates maps across a Concat with the teacher's offsets, and walks the student's calls next to the
-teacher's to check that every split, residual add and view lines up. What it cannot follow exactly is a one-line
+the maps here follow the tensors: ``tracing.ChannelTrace`` records, once per model, the torch calls of one forward
+pass on a small input (convolutions and batch norms by the name of their weights, concatenations, splits, views,
+element-wise ops), each keyed by the module that made it. ``channel_plan`` then gives every convolution's output an
+evenly spaced map *within each part* that its consumers split it into (``chunk``, ``split``, attention heads, which
+are taken whole), concatenates maps across a Concat with the teacher's offsets, and walks the student's calls next to
+the teacher's to check that every split, residual add and view lines up. What it cannot follow exactly is a one-line
 reason, never a silent guess.
 
 With the plan, the selected student computes exactly what the teacher would if every teacher channel it drops were
@@ -17,245 +17,19 @@ zero (``tests/distill/test_inherit.py`` checks this on stock pairs).
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["ChannelTrace", "channel_plan", "uniform_index"]
+from ultralytics_kd.distill.tracing import Call, ChannelTrace, Ref, call_module, channel_rule
 
-_SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
-_CATS = {"cat", "concat", "concatenate"}
-_VIEWS = {"view", "reshape", "flatten", "unflatten"}
-_MOVES = {"transpose", "permute", "swapaxes", "swapdims", "movedim", "t"}
-# calls that mix, pick or normalise channels in ways the maps do not follow (with a parameter read directly, any call)
-_MIXING = {
-    "matmul",
-    "__matmul__",
-    "bmm",
-    "mm",
-    "einsum",
-    "linear",
-    "__getitem__",
-    "__setitem__",
-    "index_select",
-    "gather",
-    "channel_shuffle",
-    "group_norm",
-    "layer_norm",
-    "instance_norm",
-    "normalize",
-    "conv_transpose2d",
-}
-# calls along one dimension (its number the first argument after the tensor): fine unless it is the channel one
-_ALONG = {"softmax", "log_softmax", "sum", "mean", "amax", "amin", "max", "min", "argmax", "norm", "cumsum", "std"}
+__all__ = ["channel_plan", "uniform_index"]
 
 
 def uniform_index(n_student: int, n_teacher: int) -> torch.Tensor:
     """``n_student`` evenly spaced indices into ``range(n_teacher)``, starting at 0 (all of them when equal)."""
     return torch.arange(n_student) * n_teacher // n_student
-
-
-@dataclass(frozen=True)
-class _T:
-    """A tensor in a recorded call, by its number in the trace."""
-
-    i: int
-
-
-@dataclass
-class _Op:
-    key: tuple  # (layer, module path within the layer, function, how many times that module called it before)
-    name: str
-    args: Any  # the call's arguments, tensors as _T and parameters or buffers by name (str)
-    ins: list[int]
-    outs: list[int]
-
-
-@dataclass
-class ChannelTrace:
-    """The torch calls of one forward pass of a model, enough to pair its channels with another model's.
-
-    Attributes:
-        ops (list): The recorded calls in order.
-        shapes (dict[int, tuple[int, ...]]): Shape of every recorded tensor.
-        params (dict[int, str]): The recorded tensors that are parameters or buffers, by state-dict name.
-        layer_out (dict[int, int]): Tensor number of each layer's output (layers of ``model.model``).
-        input (int): Tensor number of the input image.
-        state_shapes (dict[str, tuple[int, ...]]): Shape of every tensor of the model's state dict.
-    """
-
-    ops: list = field(default_factory=list)
-    shapes: dict = field(default_factory=dict)
-    params: dict = field(default_factory=dict)
-    layer_out: dict = field(default_factory=dict)
-    input: int = -1
-    state_shapes: dict = field(default_factory=dict)
-
-    @classmethod
-    @torch.no_grad()
-    def of(cls, model: nn.Module, imgsz: int = 64) -> ChannelTrace:
-        """Run ``model`` once on a blank ``imgsz`` image in training mode (the whole head runs) and record its calls.
-
-        Batch norms run on their running statistics, and every buffer (BN batch counts) and module mode is restored:
-        nothing in the model changes.
-        """
-        p = next(x for x in model.parameters() if x.dim() == 4)
-        x = torch.zeros(1, p.shape[1], imgsz, imgsz, device=p.device, dtype=p.dtype)
-        modes = {m: m.training for m in model.modules()}
-        buffers = [(b, b.clone()) for b in model.buffers()]
-        rec, hooks = _Recorder(model), []
-        for m in model.modules():  # each module once, a shared one (Conv's activation) too: its path is the caller's
-            hooks.append(m.register_forward_pre_hook(lambda m, _a: rec.enter(m)))
-            hooks.append(m.register_forward_hook(lambda _m, _a, _o: rec.stack.pop() and None))
-        for j, m in enumerate(getattr(model, "model", ())):
-            hooks.append(m.register_forward_hook(lambda _m, _a, o, j=j: rec.layer_out.__setitem__(j, o)))
-        try:
-            model.train()
-            trace = cls(input=rec.number(x))
-            with rec:
-                model(x)
-        finally:
-            for h in hooks:
-                h.remove()
-            for m, mode in modes.items():
-                m.training = mode
-            for b, saved in buffers:
-                b.copy_(saved)
-        trace.ops, trace.shapes, trace.params = rec.ops, rec.shapes, rec.param_numbers
-        trace.state_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        trace.layer_out = {j: rec.ids[id(o)] for j, o in rec.layer_out.items() if isinstance(o, torch.Tensor)}
-        return trace
-
-
-class _Recorder(TorchFunctionMode):
-    """Records each torch call with tensor outputs, keyed by the innermost module running."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.names = {id(t): n for n, t in model.state_dict(keep_vars=True).items()}
-        self.paths = {id(m): n for n, m in model.named_modules()}
-        self.children = {(id(p), id(c)): n for p in model.modules() for n, c in p.named_children()}
-        self.stack, self.ops, self.counts = [("", None)], [], Counter()
-        self.ids, self.shapes, self.keep, self.param_numbers, self.layer_out = {}, {}, [], {}, {}
-
-    def enter(self, m: nn.Module) -> None:
-        """Push the path of module ``m`` as called from the running module (``model.2.m.0.cv1.act``)."""
-        path, parent = self.stack[-1]
-        name = self.children.get((id(parent), id(m)))
-        self.stack.append((f"{path}.{name}" if path else name, m) if name is not None else (self.paths[id(m)], m))
-
-    def number(self, t: torch.Tensor) -> int:
-        if id(t) not in self.ids:
-            self.ids[id(t)] = len(self.keep)
-            self.keep.append(t)  # alive until the trace ends, so no id is reused
-            self.shapes[self.ids[id(t)]] = tuple(t.shape)
-            if id(t) in self.names:
-                self.param_numbers[self.ids[id(t)]] = self.names[id(t)]
-        return self.ids[id(t)]
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        if name == "batch_norm":  # on running statistics: the trace must not move them
-            args = (*args[:5], False, *args[6:]) if len(args) > 5 else args
-            kwargs = {**kwargs, "training": False} if len(args) <= 5 else kwargs
-        out = func(*args, **kwargs)
-        leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        if leaves and name not in {"__get__", "size", "dim", "numel"}:
-            path = self.stack[-1][0]
-            parts = path.split(".")
-            in_layer = parts[0] == "model" and len(parts) > 1 and parts[1].isdigit()
-            layer, sub = (int(parts[1]), ".".join(parts[2:])) if in_layer else (None, path)
-            self.counts[(path, name)] += 1
-            call = tree_map(lambda a: _T(self.number(a)) if isinstance(a, torch.Tensor) else a, (args, kwargs))
-            ins = [a.i for a in tree_flatten(call)[0] if isinstance(a, _T)]
-            self.ops.append(_Op((layer, sub, name, self.counts[(path, name)]), name, call, ins, []))
-            self.ops[-1].outs = [self.number(t) for t in leaves]  # after the inputs: an in-place op returns its input
-        return out
-
-
-# reading a recorded call ----------------------------------------------------------------------------------------------
-def _arg(op: _Op, i: int, name: str, default: Any = None) -> Any:
-    args, kwargs = op.args
-    return args[i] if len(args) > i else kwargs.get(name, default)
-
-
-def _norm(d: int, ndim: int) -> int:
-    return d + ndim if d < 0 else d
-
-
-def _module(op: _Op) -> str:
-    layer, sub, _, _ = op.key
-    return ".".join(str(x) for x in ("model", layer, sub) if x != "") if layer is not None else sub or "the model"
-
-
-def _rule(op: _Op, shapes: dict, params: dict) -> tuple:
-    """What a call does to the channel dimension (dim 1) of the tensors it reads, as a tuple headed by its kind.
-
-    ``conv`` (input, weight, bias, groups), ``bn`` (input, its tensors' names), ``cat`` (inputs), ``split`` (input),
-    ``heads`` (a view of the channels as attention heads and their channels), ``merge`` (its inverse), ``same``
-    (element-wise on channels, or along another dimension: the tracked inputs must share one map) and ``opaque``.
-    """
-    name = op.name
-    first = op.ins[0] if op.ins else None
-    nd = len(shapes[first]) if first is not None else 0
-    if name in {"conv2d", "conv1d", "conv3d"}:
-        return "conv", _arg(op, 0, "input").i, _arg(op, 1, "weight").i, _arg(op, 2, "bias"), _arg(op, 6, "groups", 1)
-    if name == "batch_norm":
-        stats = [_arg(op, i, n) for i, n in enumerate(("input", "running_mean", "running_var", "weight", "bias"))]
-        return "bn", stats[0].i, [params[a.i] for a in stats[1:] if isinstance(a, _T) and a.i in params]
-    if name in _CATS:
-        xs = [a.i for a in _arg(op, 0, "tensors")]
-        nd = len(shapes[xs[0]])
-        if nd >= 2 and _norm(_arg(op, 1, "dim", 0), nd) == 1:
-            return "cat", xs
-    if name in _SPLITS and nd >= 2:
-        dim = _arg(op, 1 if name == "unbind" else 2, "dim", 0)
-        if _norm(dim, nd) == 1:
-            return ("split", first) if name != "unbind" else ("opaque",)
-        return ("same", [first])
-    if name in _VIEWS and nd >= 2:
-        a, b = shapes[first], shapes[op.outs[0]]
-        if len(b) >= 2 and a[:2] == b[:2]:
-            return "same", [first]
-        if len(b) >= 3 and a[0] == b[0] and b[1] * b[2] == a[1] and _prod(b[3:]) == _prod(a[2:]):
-            return "heads", first
-        if len(a) >= 3 and a[0] == b[0] and a[1] * a[2] == b[1] and _prod(a[3:]) == _prod(b[2:]):
-            return "merge", first
-        return ("opaque",)
-    if name in _MOVES and nd >= 2:
-        rest = [d for a in op.args[0][1:] for d in (a if isinstance(a, (list, tuple)) else [a])]
-        if name == "permute":
-            moved = _norm(rest[1], nd) != 1
-        else:
-            moved = name in {"movedim", "t"} or 1 in {_norm(d, nd) for d in rest[:2]}
-        return ("opaque",) if moved else ("same", [first])
-    if name in _ALONG:
-        dim = _arg(op, 1, "dim")
-        over_channels = dim is None or isinstance(dim, (list, tuple)) or _norm(dim, nd) == 1
-        return ("opaque",) if over_channels else ("same", [first])
-    if name in {"matmul", "__matmul__"} and all(len(shapes[i]) >= 4 for i in op.ins):
-        return "same", op.ins  # dim 1 is a batch dimension (attention heads)
-    if name in _MIXING or any(i in params for i in op.ins):
-        return ("opaque",)
-    outs = [shapes[o] for o in op.outs]
-    if outs and all(len(s) >= 2 and s[1] == outs[0][1] for s in outs):
-        ins = [i for i in op.ins if i not in params and len(shapes[i]) >= 2 and shapes[i][1] != 1]
-        if all(shapes[i][1] == outs[0][1] for i in ins):
-            return "same", ins
-    return ("opaque",)
-
-
-def _prod(xs) -> int:
-    n = 1
-    for x in xs:
-        n *= x
-    return n
 
 
 # pairing two traces ---------------------------------------------------------------------------------------------------
@@ -306,7 +80,7 @@ def _parts(side: _Side) -> tuple[dict, dict, dict]:
     prov = {n: [(key, 0, shapes[n][1])] for n, key in side.fixed.items()}
     cuts, units, widths = {}, {}, {}
     for op in side.ops:
-        rule, k = _rule(op, shapes, side.params), keys[id(op)]
+        rule, k = channel_rule(op, shapes, side.params), keys[id(op)]
         kind, out = rule[0], op.outs[0]
         if kind == "conv":
             x, w, groups = rule[1], rule[2], rule[4]
@@ -357,7 +131,7 @@ def _choose(student: _Side, teacher: _Side) -> tuple[dict | None, str | None]:
             continue
         pairs = sorted(bounds.get(src, set()) | {(0, 0), (s, t)})
         if any(b[0] <= a[0] or b[1] <= a[1] or b[0] - a[0] > b[1] - a[1] for a, b in zip(pairs, pairs[1:])):
-            where = _module(student.by_key[src])
+            where = call_module(student.by_key[src])
             return None, f"the consumers of {where} cut its {s} channels and the teacher's {t} at {pairs[1:-1]}"
         maps[src] = torch.cat([q + uniform_index(p1 - p, q1 - q) for (p, q), (p1, q1) in zip(pairs, pairs[1:])])
     return maps, None
@@ -392,8 +166,8 @@ class _Walk:
         keys = {id(op): k for k, op in self.s.by_key.items()}
         for op in self.s.ops:
             top = self.t.by_key.get(keys[id(op)])
-            rule = _rule(op, self.s.shapes, self.s.params)
-            trule = _rule(top, self.t.shapes, self.t.params) if top else ("opaque",)
+            rule = channel_rule(op, self.s.shapes, self.s.params)
+            trule = channel_rule(top, self.t.shapes, self.t.params) if top else ("opaque",)
             if rule[0] == "opaque" or trule[0] != rule[0]:
                 self.opaque(op, top)
                 continue
@@ -401,7 +175,7 @@ class _Walk:
             for o, to in zip(op.outs, top.outs):
                 a, b = self.s.shapes[o], self.t.shapes[to]
                 if o in self.maps and (len(a) != len(b) or any(x != y for d, (x, y) in enumerate(zip(a, b)) if d != 1)):
-                    raise _Refuse(f"`{op.name}` in {_module(op)} gives a {a} tensor where the teacher's is {b}")
+                    raise _Refuse(f"`{op.name}` in {call_module(op)} gives a {a} tensor where the teacher's is {b}")
         return self.found
 
     def _twidth(self, n: int) -> int:
@@ -409,9 +183,9 @@ class _Walk:
         t = self.t.out.get(self.s.made.get(n))
         return self.t.shapes[t][1] if t is not None else -1
 
-    def _map(self, n: int, op: _Op) -> tuple[torch.Tensor, bool]:
+    def _map(self, n: int, op: Call) -> tuple[torch.Tensor, bool]:
         if n not in self.maps:
-            raise _Refuse(f"cannot follow the channels into {_module(op)}")
+            raise _Refuse(f"cannot follow the channels into {call_module(op)}")
         return self.maps[n]
 
     def _record(self, name: str, dims: list) -> None:
@@ -419,39 +193,39 @@ class _Walk:
         if any((a is None) != (b is None) or (a is not None and not torch.equal(a, b)) for a, b in zip(old, dims)):
             raise _Refuse(f"'{name}' is used twice with different channels")
 
-    # one method per kind of call (``_rule``) --------------------------------------------------------------------------
-    def opaque(self, op: _Op, top: _Op | None) -> None:
+    # one method per kind of call (``channel_rule``) -------------------------------------------------------------------
+    def opaque(self, op: Call, top: Call | None) -> None:
         """A call the maps do not follow: fine on whole tensors only, whose outputs are whole where the shapes agree."""
         if any(i in self.maps and not _full(self.maps[i][0], self._twidth(i)) for i in op.ins):
-            raise _Refuse(f"cannot follow `{op.name}` in {_module(op)} on a subset of the teacher's channels")
+            raise _Refuse(f"cannot follow `{op.name}` in {call_module(op)} on a subset of the teacher's channels")
         for o, to in zip(op.outs, top.outs if top else ()):
             if self.s.shapes[o] == self.t.shapes[to] and len(self.s.shapes[o]) >= 2:
                 self.maps[o] = (torch.arange(self.s.shapes[o][1]), False)
 
-    def conv(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def conv(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         """Reads the input's map; writes the map chosen for its output (a depthwise one keeps its input's)."""
         x, w, b, groups = rule
         mx = self._map(x, op)[0]
         if groups == 1 and trule[3] == 1:
             if key not in self.chosen:
-                raise _Refuse(f"{_module(op)} has no teacher convolution to pair with")
+                raise _Refuse(f"{call_module(op)} has no teacher convolution to pair with")
             m, dims = self.chosen[key], [self.chosen[key], mx]
         elif _depthwise(groups, self.s.shapes[w]) and _depthwise(trule[3], self.t.shapes[trule[1]]):
             m, dims = mx, [mx, None]
         else:
-            raise _Refuse(f"{_module(op)} is a grouped convolution ({groups} and {trule[3]} groups)")
+            raise _Refuse(f"{call_module(op)} is a grouped convolution ({groups} and {trule[3]} groups)")
         self._record(self.s.params[w], dims)
-        if isinstance(b, _T):
+        if isinstance(b, Ref):
             self._record(self.s.params[b.i], [m])
         self.maps[op.outs[0]] = (m, False)
 
-    def bn(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def bn(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         x, names = rule
         for name in names:
             self._record(name, [self._map(x, op)[0]])
         self.maps[op.outs[0]] = self.maps[x]
 
-    def cat(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def cat(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         """Each input's map, moved to where the teacher's concatenation holds the paired tensor."""
         offsets, at = {}, 0
         for tx in trule[0]:
@@ -459,48 +233,50 @@ class _Walk:
         parts = []
         for x in rule[0]:
             if self.s.made.get(x) not in offsets:
-                raise _Refuse(f"{_module(op)} concatenates a tensor that the teacher's concatenation does not have")
+                raise _Refuse(f"{call_module(op)} concatenates a tensor that the teacher's concatenation does not have")
             parts.append(self._map(x, op)[0] + offsets[self.s.made[x]])
         self.maps[op.outs[0]] = (torch.cat(parts), False)
 
-    def split(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def split(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         """Each part's map, relative to the teacher's part, which must hold all of it."""
         (mx, heads), a, ta = self._map(rule[0], op), 0, 0
         if len(op.outs) != len(top.outs):
-            raise _Refuse(f"the split in {_module(op)} gives {len(op.outs)} parts, the teacher's {len(top.outs)}")
+            raise _Refuse(f"the split in {call_module(op)} gives {len(op.outs)} parts, the teacher's {len(top.outs)}")
         for o, to in zip(op.outs, top.outs):
             n, tn = self.s.shapes[o][1], self.t.shapes[to][1]
             part = mx[a : a + n] - ta
             if len(part) and (part.min() < 0 or part.max() >= tn):
-                raise _Refuse(f"the split in {_module(op)} cuts the teacher's channels where the student's are not cut")
+                raise _Refuse(
+                    f"the split in {call_module(op)} cuts the teacher's channels where the student's are not cut"
+                )
             self.maps[o], a, ta = (part, heads), a + n, ta + tn
 
-    def heads(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def heads(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         """Channels viewed as (heads, channels per head): whole heads of the teacher's size, mapped to its heads."""
         mx, heads = self._map(rule[0], op)
         per, tper = self.s.shapes[op.outs[0]][2], self.t.shapes[top.outs[0]][2]
         if heads:
-            raise _Refuse(f"cannot follow the view in {_module(op)}")
+            raise _Refuse(f"cannot follow the view in {call_module(op)}")
         if per != tper:
-            raise _Refuse(f"{_module(op)} has attention heads of {per} channels where the teacher's have {tper}")
+            raise _Refuse(f"{call_module(op)} has attention heads of {per} channels where the teacher's have {tper}")
         rows = mx.view(-1, per)
         if not (torch.equal(rows, rows[:, :1] + torch.arange(per)) and (rows[:, 0] % per == 0).all()):
-            raise _Refuse(f"the selection in {_module(op)} does not take whole attention heads")
+            raise _Refuse(f"the selection in {call_module(op)} does not take whole attention heads")
         self.maps[op.outs[0]] = (rows[:, 0] // per, True)
 
-    def merge(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def merge(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         """Heads viewed as channels again (their size is the teacher's: the shape check after each call)."""
         m, heads = self._map(rule[0], op)
         if not heads:
-            raise _Refuse(f"cannot follow the view in {_module(op)}")
+            raise _Refuse(f"cannot follow the view in {call_module(op)}")
         per = self.s.shapes[rule[0]][2]
         self.maps[op.outs[0]] = ((m[:, None] * per + torch.arange(per)).flatten(), False)
 
-    def same(self, op: _Op, top: _Op, rule: tuple, trule: tuple, key: tuple) -> None:
+    def same(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
         """Element-wise (a residual add, an activation) or along another dim: one map in, the same map out."""
         seen = [self.maps[i] for i in rule[0] if i in self.maps]
         if any(h != seen[0][1] or not torch.equal(m, seen[0][0]) for m, h in seen[1:]):
-            raise _Refuse(f"`{op.name}` in {_module(op)} joins tensors that hold different teacher channels")
+            raise _Refuse(f"`{op.name}` in {call_module(op)} joins tensors that hold different teacher channels")
         for o in op.outs if seen else ():
             self.maps[o] = seen[0]
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ultralytics_kd.distill.channels import ChannelTrace, channel_plan, uniform_index
+from ultralytics_kd.distill.channels import channel_plan, uniform_index
+from ultralytics_kd.distill.tracing import ChannelTrace
 
 __all__ = ["Graft", "inherit_problem", "layout", "select_graft", "select_problem", "select_weights", "uniform_index"]
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 
-from ultralytics_kd.distill.channels import ChannelTrace
 from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_problem, select_weights
 from ultralytics_kd.distill.stage import MimicStage, mimic_epochs, mimic_problem
+from ultralytics_kd.distill.tracing import ChannelTrace
 from ultralytics_kd.distill.transplant import transplant_problem
 
 __all__ = ["Start", "TeacherParts", "choose_start"]
