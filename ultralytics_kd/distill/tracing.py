@@ -16,11 +16,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = ["Call", "ChannelTrace", "Ref", "call_module", "channel_rule"]
 
+_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 _SPLITS = {"split", "chunk", "split_with_sizes", "tensor_split", "unbind"}
 _CATS = {"cat", "concat", "concatenate"}
 _VIEWS = {"view", "reshape", "flatten", "unflatten"}
@@ -42,10 +44,11 @@ _MIXING = {
     "layer_norm",
     "instance_norm",
     "normalize",
+    "norm",
     "conv_transpose2d",
 }
 # calls along one dimension (its number the first argument after the tensor): fine unless it is the channel one
-_ALONG = {"softmax", "log_softmax", "sum", "mean", "amax", "amin", "max", "min", "argmax", "norm", "cumsum", "std"}
+_ALONG = {"softmax", "log_softmax", "sum", "mean", "amax", "amin", "max", "min", "argmax", "cumsum", "std"}
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,13 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if name == "batch_norm":  # on running statistics: the trace must not move them
-            args = (*args[:5], False, *args[6:]) if len(args) > 5 else args
-            kwargs = {**kwargs, "training": False} if len(args) <= 5 else kwargs
+        if func is F.batch_norm:  # on running statistics: a 1x1 map of one image has no batch statistics
+            args, kwargs = (), {**dict(zip(_BN_ARGS, args)), **kwargs, "training": False}
+        elif name == "batch_norm":
+            name = "torch.batch_norm"  # another argument order: not read as one
         out = func(*args, **kwargs)
         leaves = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        if leaves and name not in {"__get__", "size", "dim", "numel"}:
+        if leaves:
             path = self.stack[-1][0]
             parts = path.split(".")
             in_layer = parts[0] == "model" and len(parts) > 1 and parts[1].isdigit()
@@ -197,7 +201,7 @@ def channel_rule(op: Call, shapes: dict, params: dict) -> tuple:
     if name in {"conv2d", "conv1d", "conv3d"}:
         return "conv", _arg(op, 0, "input").i, _arg(op, 1, "weight").i, _arg(op, 2, "bias"), _arg(op, 6, "groups", 1)
     if name == "batch_norm":
-        stats = [_arg(op, i, n) for i, n in enumerate(("input", "running_mean", "running_var", "weight", "bias"))]
+        stats = [_arg(op, i, n) for i, n in enumerate(_BN_ARGS[:5])]
         return "bn", stats[0].i, [params[a.i] for a in stats[1:] if isinstance(a, Ref) and a.i in params]
     if name in _CATS:
         xs = [a.i for a in _arg(op, 0, "tensors")]
@@ -219,13 +223,12 @@ def channel_rule(op: Call, shapes: dict, params: dict) -> tuple:
             return "merge", first
         return ("opaque",)
     if name in _MOVES and nd >= 2:
-        rest = [d for a in op.args[0][1:] for d in (a if isinstance(a, (list, tuple)) else [a])]
-        if name == "permute":
-            moved = _norm(rest[1], nd) != 1
-        else:
-            moved = name in {"movedim", "t"} or 1 in {_norm(d, nd) for d in rest[:2]}
+        dims = [d for a in op.args[0][1:] for d in (a if isinstance(a, (list, tuple)) else [a])]
+        if name in {"movedim", "t"} or len(dims) < 2:  # dims given by keyword: not read, so not followed
+            return ("opaque",)
+        moved = _norm(dims[1], nd) != 1 if name == "permute" else 1 in {_norm(d, nd) for d in dims[:2]}
         return ("opaque",) if moved else ("same", [first])
-    if name in _ALONG:
+    if name in _ALONG and not isinstance(_arg(op, 1, "dim"), Ref):  # torch.max(a, b) is element-wise
         dim = _arg(op, 1, "dim")
         over_channels = dim is None or isinstance(dim, (list, tuple)) or _norm(dim, nd) == 1
         return ("opaque",) if over_channels else ("same", [first])
