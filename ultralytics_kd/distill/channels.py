@@ -37,7 +37,7 @@ class _Side:
     """One model's trace as seen from the student: op keys with the student's layer numbers, tensors by key."""
 
     def __init__(self, trace: ChannelTrace, fixed: dict[int, tuple], shift: int = 0, start: int | None = None):
-        self.trace, self.shapes, self.params, self.fixed = trace, trace.shapes, trace.params, fixed
+        self.shapes, self.params, self.fixed = trace.shapes, trace.params, fixed
         self.ops = [op for op in trace.ops if start is None or (op.key[0] is not None and op.key[0] >= start)]
         self.by_key, self.made, self.out = {}, {}, {}
         for op in self.ops:
@@ -50,6 +50,7 @@ class _Side:
 
 
 def _slice(segs: list, a: int, b: int) -> list:
+    """Positions ``a`` to ``b`` of a tensor made of ``segs`` (source, first, end channel), as segments."""
     out, pos = [], 0
     for src, lo, hi in segs:
         s, e = max(a, pos), min(b, pos + hi - lo)
@@ -70,6 +71,7 @@ def _locate(segs: list, p: int) -> tuple | None:
 
 
 def _depthwise(groups: int, weight: tuple) -> bool:
+    """One group per output channel, each reading one input channel (its weight's shape is ``weight``)."""
     return groups > 1 and weight[1] == 1 and weight[0] == groups
 
 
@@ -282,7 +284,7 @@ class _Walk:
 
 
 def channel_plan(
-    student: nn.Module, teacher: nn.Module | ChannelTrace, graft: Any = None
+    student: nn.Module, teacher: nn.Module | ChannelTrace | None, graft: Any = None
 ) -> tuple[dict[str, tuple[str, list]] | None, str | None]:
     """Which teacher tensor, and which indices on each of its dims, every student tensor takes.
 
@@ -296,6 +298,8 @@ def channel_plan(
         (tuple[dict | None, str | None]): ``{student key: (teacher key, [indices or None per dim])}`` and None, or None
             and a one-line reason why the channels cannot be paired exactly.
     """
+    if teacher is None:
+        return None, "the teacher's calls were not traced (TeacherParts.of traces them for kd_init=auto/select/graft)"
     s_trace = ChannelTrace.of(student)
     t_trace = teacher if isinstance(teacher, ChannelTrace) else ChannelTrace.of(teacher)
     if graft is None:
