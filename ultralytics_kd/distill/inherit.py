@@ -14,7 +14,7 @@ Cross-family pairs (different layers, e.g. a ShuffleV2 student) have nothing to 
 ``inherit_problem`` says why so the trainer can skip or refuse. A student whose last layers (neck and head) have the
 teacher's layout under a backbone of another family can still take those layers: ``Graft.of`` aligns the two models
 from the Detect end, finds where the shared layout starts and which backbone outputs (``entries``) feed it, and
-``select_graft`` fills that part by the same uniform selection.
+``select_graft`` fills that part through the same channel maps, reading each entry as evenly spaced teacher channels.
 """
 
 from __future__ import annotations
@@ -116,9 +116,10 @@ def select_weights(
 
 
 def _plan(student: nn.Module, teacher: nn.Module | dict, trace: ChannelTrace | None, graft: Graft | None) -> dict:
+    """``channel_plan`` for the pair (of the grafted layers only with ``graft``), or a ValueError with its reason."""
     if trace is None and isinstance(teacher, dict):
         raise ValueError("pairing an Ultralytics student's channels needs the teacher model or its ChannelTrace")
-    plan, why = channel_plan(student, trace or teacher, graft)
+    plan, why = channel_plan(student, teacher if trace is None else trace, graft)
     if why:
         raise ValueError(
             f"the teacher's weights cannot initialise this student exactly: its channels cannot be paired with the "
@@ -128,6 +129,7 @@ def _plan(student: nn.Module, teacher: nn.Module | dict, trace: ChannelTrace | N
 
 
 def _fill(student: nn.Module, t: dict[str, torch.Tensor], plan: dict) -> int:
+    """Copy into each student tensor of ``plan`` its teacher tensor at the planned indices; return how many."""
     state = student.state_dict()
     for k, (tk, dims) in plan.items():
         _select_into(state[k], t[tk], dims)
