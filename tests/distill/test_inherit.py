@@ -122,16 +122,21 @@ def _zero_dropped(student: nn.Module, teacher: nn.Module, rename=lambda k: k, ke
     its input channels.
     """
     t, found = teacher.state_dict(), {}
+    transposed = {f"{n}.weight" for n, m in student.named_modules() if isinstance(m, nn.ConvTranspose2d)}
     for k, v in student.state_dict().items():
-        if v.dim() != 4 or v.shape[1] == 1 or (keys is not None and k not in keys):
-            continue  # depthwise kernels read one channel each: whatever they keep, their output map is their input's
+        if v.dim() != 4 or (keys is not None and k not in keys):
+            continue
         w = t[rename(k)]
+        if k in transposed:  # its input channels first
+            v, w = v.transpose(0, 1), w.transpose(0, 1)
+        if v.shape[1] == 1:
+            continue  # depthwise kernels read one channel each: whatever they keep, their output map is their input's
         values, order = w[:, :, 0, 0].flatten().sort()
         at = torch.searchsorted(values, v[:, :, 0, 0].flatten().contiguous()).clamp_max(len(values) - 1)
         cols = (order[at] % w.shape[1]).view(v.shape[0], v.shape[1]).mode(0).values
         keep = torch.zeros(w.shape[1], dtype=torch.bool)
         keep[cols] = True
-        w[:, ~keep] = 0.0  # shares storage with the teacher's parameter
+        w[:, ~keep] = 0.0  # a view of the teacher's parameter
         found[k] = cols
     return found
 
@@ -163,6 +168,7 @@ def _detect_reads(found: dict[str, torch.Tensor], model: nn.Module) -> list[torc
         ("yolov8n.yaml", "yolov8x.yaml"),
         ("yolo11n.yaml", "yolo11s.yaml"),
         ("yolov9t.yaml", "yolov9s.yaml"),
+        ("yolov6n.yaml", "yolov6s.yaml"),  # transposed convolutions
     ],
 )
 def test_selected_student_computes_the_teacher_with_dropped_channels_zeroed(student, teacher):

@@ -89,7 +89,7 @@ def _parts(side: _Side) -> tuple[dict, dict, dict]:
             if _depthwise(groups, shapes[w]):
                 prov[out] = prov.get(x)
             else:
-                prov[out], widths[k] = [(k, 0, shapes[w][0])], shapes[w][0]
+                prov[out], widths[k] = [(k, 0, shapes[out][1])], shapes[out][1]
         elif kind == "bn" and rule[1] in prov:
             prov[out] = prov[rule[1]]
         elif kind == "cat" and all(prov.get(x) for x in rule[1]):
@@ -205,13 +205,14 @@ class _Walk:
                 self.maps[o] = (torch.arange(self.s.shapes[o][1]), False)
 
     def conv(self, op: Call, top: Call, rule: tuple, trule: tuple, key: tuple) -> None:
-        """Reads the input's map; writes the map chosen for its output (a depthwise one keeps its input's)."""
-        x, w, b, groups = rule
+        """Reads the input's map; writes the map chosen for its output (a depthwise one keeps its input's). A
+        transposed convolution's weight has its input channels first."""
+        x, w, b, groups, transposed = rule
         mx = self._map(x, op)[0]
         if groups == 1 and trule[3] == 1:
             if key not in self.chosen:
                 raise _Refuse(f"{call_module(op)} has no teacher convolution to pair with")
-            m, dims = self.chosen[key], [self.chosen[key], mx]
+            m, dims = self.chosen[key], [self.chosen[key], mx][:: -1 if transposed else 1]
         elif _depthwise(groups, self.s.shapes[w]) and _depthwise(trule[3], self.t.shapes[trule[1]]):
             m, dims = mx, [mx, None]
         else:

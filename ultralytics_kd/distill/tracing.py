@@ -45,7 +45,6 @@ _MIXING = {
     "instance_norm",
     "normalize",
     "norm",
-    "conv_transpose2d",
 }
 # calls along one dimension (its number the first argument after the tensor): fine unless it is the channel one
 _ALONG = {"softmax", "log_softmax", "sum", "mean", "amax", "amin", "max", "min", "argmax", "cumsum", "std"}
@@ -191,15 +190,17 @@ def call_module(op: Call) -> str:
 def channel_rule(op: Call, shapes: dict, params: dict) -> tuple:
     """What a call does to the channel dimension (dim 1) of the tensors it reads, as a tuple headed by its kind.
 
-    ``conv`` (input, weight, bias, groups), ``bn`` (input, its tensors' names), ``cat`` (inputs), ``split`` (input),
-    ``heads`` (a view of the channels as attention heads and their channels), ``merge`` (its inverse), ``same``
-    (element-wise on channels, or along another dimension: the tracked inputs must share one map) and ``opaque``.
+    ``conv`` (input, weight, bias, groups, transposed), ``bn`` (input, its tensors' names), ``cat`` (inputs),
+    ``split`` (input), ``heads`` (a view of the channels as attention heads and their channels), ``merge`` (its
+    inverse), ``same`` (element-wise on channels, or along another dimension: the tracked inputs must share one map) and
+    ``opaque``.
     """
     name = op.name
     first = op.ins[0] if op.ins else None
     nd = len(shapes[first]) if first is not None else 0
-    if name in {"conv2d", "conv1d", "conv3d"}:
-        return "conv", _arg(op, 0, "input").i, _arg(op, 1, "weight").i, _arg(op, 2, "bias"), _arg(op, 6, "groups", 1)
+    if name in {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}:
+        x, w, transposed = _arg(op, 0, "input"), _arg(op, 1, "weight"), name.startswith("conv_transpose")
+        return "conv", x.i, w.i, _arg(op, 2, "bias"), _arg(op, 6, "groups", 1), transposed
     if name == "batch_norm":
         stats = [_arg(op, i, n) for i, n in enumerate(_BN_ARGS[:5])]
         return "bn", stats[0].i, [params[a.i] for a in stats[1:] if isinstance(a, Ref) and a.i in params]
