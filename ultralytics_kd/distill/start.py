@@ -2,9 +2,10 @@
 neck and head or transplanting its head, or as built.
 
 ``kd_init`` names one start (``select``, ``graft``, ``mimic``, ``none``) or lets ``auto`` take the first that fits the
-pair: weight selection where the student has the teacher's layout (``inherit.py``), else a graft where its layers
-after the backbone have it (``inherit.Graft``), else the mimic stage where the teacher's head fits the student's
-(``transplant.py``); a stage needs epochs left after it (``stage.py``). Else none.
+pair: weight selection where the student has the teacher's layout (``inherit.py``) and its channels pair exactly with
+the teacher's (``channels.py``), else a graft where its layers after the backbone have both, else the mimic stage
+where the teacher's head fits the student's (``transplant.py``); a stage needs epochs left after it (``stage.py``).
+Else none. Where auto passes over a selection only because the channels do not pair, it warns.
 ``choose_start`` decides once, before any epoch is spent, and returns the decision with its reasons as data (``Start``);
 a start named explicitly that cannot be done is an error there.
 """
@@ -105,7 +106,10 @@ class Start:
             LOGGER.info(f"{PREFIX} kd_init={self.init}: the student has weights of its own, which are kept")
         elif self.mode == "select":
             n = select_weights(student, teacher.state, teacher.trace)
-            LOGGER.info(f"{PREFIX} student starts from a uniform selection of the teacher's weights ({n} tensors)")
+            LOGGER.info(
+                f"{PREFIX} student starts from a selection of the teacher's weights ({n} tensors, evenly spaced "
+                f"channels within each Concat part, split and attention head)"
+            )
         elif self.mode == "graft":
             LOGGER.info(
                 f"{PREFIX} kd_init={self.init}: the student's {self.graft.describe(len(student.model))} have the "
