@@ -59,4 +59,4 @@ def test_attention_heads_are_taken_whole_and_other_layouts_refused():
     qkv = plan["model.10.m.0.attn.qkv.conv.weight"][1][0]  # 2 of the teacher's 4 heads of 128 (q, k, v), whole
     assert qkv.tolist() == list(range(0, 128)) + list(range(256, 384))
     v9 = channel_plan(DetectionModel("yolov9t.yaml", nc=3, verbose=False), DetectionModel("yolov9m.yaml", nc=3))[1]
-    assert v9 == "cannot follow `conv2d` in model.2.cv2.conv on a subset of the teacher's channels"
+    assert v9 == "the teacher has no call like `conv2d` in model.2.cv2.conv"

@@ -171,7 +171,7 @@ class _Walk:
             rule = channel_rule(op, self.s.shapes, self.s.params)
             trule = channel_rule(top, self.t.shapes, self.t.params) if top else ("opaque",)
             if rule[0] == "opaque" or trule[0] != rule[0]:
-                self.opaque(op, top)
+                self.opaque(op, top, rule[0] == "opaque" or top is None)
                 continue
             getattr(self, rule[0])(op, top, rule[1:], trule[1:], keys[id(op)])
             for o, to in zip(op.outs, top.outs):
@@ -196,10 +196,16 @@ class _Walk:
             raise _Refuse(f"'{name}' is used twice with different channels")
 
     # one method per kind of call (``channel_rule``) -------------------------------------------------------------------
-    def opaque(self, op: Call, top: Call | None) -> None:
-        """A call the maps do not follow: fine on whole tensors only, whose outputs are whole where the shapes agree."""
+    def opaque(self, op: Call, top: Call | None, unknown: bool = True) -> None:
+        """A call the maps do not follow (``unknown``), or that the teacher's does not match: fine on whole tensors
+        only, whose outputs are whole where the shapes agree."""
         if any(i in self.maps and not _full(self.maps[i][0], self._twidth(i)) for i in op.ins):
-            raise _Refuse(f"cannot follow `{op.name}` in {call_module(op)} on a subset of the teacher's channels")
+            where = call_module(op)
+            if not unknown:
+                raise _Refuse(f"`{op.name}` in {where} does not do to the channels what the teacher's call there does")
+            if top is None:
+                raise _Refuse(f"the teacher has no call like `{op.name}` in {where}")
+            raise _Refuse(f"cannot follow `{op.name}` in {where} on a subset of the teacher's channels")
         for o, to in zip(op.outs, top.outs if top else ()):
             if self.s.shapes[o] == self.t.shapes[to] and len(self.s.shapes[o]) >= 2:
                 self.maps[o] = (torch.arange(self.s.shapes[o][1]), False)
