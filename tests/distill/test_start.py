@@ -119,3 +119,29 @@ def test_a_student_whose_channels_cannot_be_paired_is_not_selected(monkeypatch):
         choose_start(
             "select", student, TeacherParts.of(teacher, "select"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
         )
+
+
+def test_a_graft_whose_channels_cannot_be_paired_is_refused():
+    """The student's layers 2-5 have the teacher's layout under a max-pool where the teacher has a Conv, but the ADown
+    of both halves a Concat of the backbone output (16 of the teacher's 32 channels) and layer 2 (16 of 16) at different
+    seams: kd_init=graft refuses with the reason, auto passes over the graft and says why."""
+    head = [[[1, 2], 1, "Concat", [1]], [-1, 1, "ADown", [16]], [[4], 1, "Detect", ["nc"]]]
+
+    def model(width: int, second: list) -> DetectionModel:
+        backbone = [[-1, 1, "Conv", [width, 3, 2]], second, [-1, 1, "Conv", [16, 1]]]
+        return DetectionModel({"nc": 2, "backbone": backbone, "head": head}, verbose=False)
+
+    student = model(16, [-1, 1, "nn.MaxPool2d", [3, 1, 1]])
+    teacher = model(32, [-1, 1, "Conv", [32, 3, 1]])
+    reason = (
+        "the channels of its layers 2-5 cannot be paired exactly (the split in model.4 cuts the teacher's channels "
+        "where the student's are not cut)"
+    )
+    start = choose_start(
+        "auto", student, TeacherParts.of(teacher, "auto"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
+    )
+    assert start.mode == "mimic" and start.no_graft == reason
+    with pytest.raises(ValueError, match=r"kd_init=graft trains .* cannot be paired exactly .* Set kd_init=auto"):
+        choose_start(
+            "graft", student, TeacherParts.of(teacher, "graft"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
+        )
