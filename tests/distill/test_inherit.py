@@ -199,8 +199,8 @@ def test_pairs_of_different_blocks_are_refused(student, teacher):
 def test_grafted_layers_compute_the_teachers_from_its_backbone_outputs(p3, tmp_path):
     """The ShuffleV2 student's neck and head, grafted from YOLOv9-s and fed the teacher's backbone outputs (each as
     evenly spaced channels, the ones ``EntryMimic`` trains the student's backbone to give), equal the teacher's with its
-    dropped channels zeroed; also with the P3 entry at 48 channels, where the first neck Concat has parts of ratios
-    96/192 and 48/128."""
+    dropped channels zeroed; also with the P3 entry at 48 channels, where the neck's P3 Concat (layer 12) has parts of
+    ratios 96/192 and 48/128."""
     import ultralytics_kd  # noqa: F401  (registers the ShuffleV2 block)
 
     torch.manual_seed(0)
