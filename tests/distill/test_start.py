@@ -8,6 +8,7 @@ import pytest
 from ultralytics.nn.tasks import DetectionModel
 
 import ultralytics_kd  # noqa: F401  (registers the ShuffleV2 block)
+from ultralytics_kd.distill import start as start_module
 from ultralytics_kd.distill.inherit import inherit_problem
 from ultralytics_kd.distill.stage import MimicStage
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
@@ -91,3 +92,56 @@ def test_a_student_with_the_teachers_neck_and_head_is_grafted():
         _choose("graft", SHUFFLE, v9s)
     with pytest.raises(ValueError, match="leaving none to train the detector"):
         _choose("graft", ELAN, v9s, kd_mimic_epochs=2, epochs=2)
+
+
+def _concat_then_adown(first: int) -> DetectionModel:
+    """Conv ``first`` and Conv 16 concatenated, then ADown (which halves its input), one-level Detect."""
+    layers = [[-1, 1, "Conv", [first, 3, 2]], [-1, 1, "Conv", [16, 3, 1]], [[0, 1], 1, "Concat", [1]]]
+    cfg = {"nc": 2, "backbone": [*layers, [-1, 1, "ADown", [16]]], "head": [[[3], 1, "Detect", ["nc"]]]}
+    return DetectionModel(cfg, verbose=False)
+
+
+def test_a_student_whose_channels_cannot_be_paired_is_not_selected(monkeypatch):
+    """Same layout, but ADown halves the student's 16 + 16 at the Concat's seam and the teacher's 32 + 16 inside its
+    first part: auto says so and takes the mimic stage; kd_init=select refuses with the reason and the fix."""
+    student, teacher = _concat_then_adown(16), _concat_then_adown(32)
+    assert inherit_problem(student, teacher) is None  # the names and shapes alone would allow a selection
+    warnings = []
+    monkeypatch.setattr(start_module.LOGGER, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
+    parts = TeacherParts.of(teacher, "auto")
+    start = choose_start("auto", student, parts, has_weights=False, kd_mimic_epochs=0.25, epochs=8)
+    reason = "the split in model.3 cuts the teacher's channels where the student's are not cut"
+    assert start.mode == "mimic" and start.no_select == (
+        f"its channels cannot be paired exactly with the teacher's ({reason})"
+    )
+    assert len(warnings) == 1 and "kd_init=auto: no weight selection" in warnings[0] and reason in warnings[0]
+    with pytest.raises(ValueError, match=r"kd_init=select .* split in model.3 .*Set kd_init=auto \(a mimic stage"):
+        choose_start(
+            "select", student, TeacherParts.of(teacher, "select"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
+        )
+
+
+def test_a_graft_whose_channels_cannot_be_paired_is_refused():
+    """The student's layers 2-5 have the teacher's layout under a max-pool where the teacher has a Conv, but the ADown
+    of both halves a Concat of the backbone output (16 of the teacher's 32 channels) and layer 2 (16 of 16) at different
+    seams: kd_init=graft refuses with the reason, auto passes over the graft and says why."""
+    head = [[[1, 2], 1, "Concat", [1]], [-1, 1, "ADown", [16]], [[4], 1, "Detect", ["nc"]]]
+
+    def model(width: int, second: list) -> DetectionModel:
+        backbone = [[-1, 1, "Conv", [width, 3, 2]], second, [-1, 1, "Conv", [16, 1]]]
+        return DetectionModel({"nc": 2, "backbone": backbone, "head": head}, verbose=False)
+
+    student = model(16, [-1, 1, "nn.MaxPool2d", [3, 1, 1]])
+    teacher = model(32, [-1, 1, "Conv", [32, 3, 1]])
+    reason = (
+        "the channels of its layers 2-5 cannot be paired exactly (the split in model.4 cuts the teacher's channels "
+        "where the student's are not cut)"
+    )
+    start = choose_start(
+        "auto", student, TeacherParts.of(teacher, "auto"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
+    )
+    assert start.mode == "mimic" and start.no_graft == reason
+    with pytest.raises(ValueError, match=r"kd_init=graft trains .* cannot be paired exactly .* Set kd_init=auto"):
+        choose_start(
+            "graft", student, TeacherParts.of(teacher, "graft"), has_weights=False, kd_mimic_epochs=0.25, epochs=8
+        )

@@ -2,33 +2,33 @@
 
 Xu et al., "Initializing Models with Larger Ones" (ICLR 2024): when the student has the teacher's layer layout with
 fewer channels (YOLOv9-t and YOLOv9-s, YOLO11n and YOLO11s), every student tensor is filled with evenly spaced
-elements of the teacher's tensor of the same name, the same indices on every dimension of every layer. Selecting
-consistently keeps a channel that one layer writes paired with the weights that the next layer reads it with, and
-evenly spaced (rather than first-k) indices keep that true across concatenations and ``chunk`` splits, whose halves
-shrink together. The result is a starting point, not a copy of the teacher's function (each output now sums over
-fewer inputs); training then adapts every tensor as usual.
+elements of the teacher's tensor of the same name. Selecting consistently keeps a channel that one layer writes paired
+with the weights that the next layer reads it with. One evenly spaced index over a whole dimension does that only where
+the dimension has one student-to-teacher ratio; a layer that reads a Concat of parts with different ratios (YOLOv8-n's
+neck against YOLOv8-m's) or a C2f with fewer bottlenecks needs one map per part, so an Ultralytics student takes the
+maps of ``channels.channel_plan``, which follows every Concat, split and attention head, or is refused with the reason.
+With those maps the selected student computes what the teacher would if every channel it drops were zero; the result
+is a starting point, not a copy of the teacher's function, and training then adapts every tensor as usual.
 
 Cross-family pairs (different layers, e.g. a ShuffleV2 student) have nothing to select from as a whole;
 ``inherit_problem`` says why so the trainer can skip or refuse. A student whose last layers (neck and head) have the
 teacher's layout under a backbone of another family can still take those layers: ``Graft.of`` aligns the two models
 from the Detect end, finds where the shared layout starts and which backbone outputs (``entries``) feed it, and
-``select_graft`` fills that part by the same uniform selection.
+``select_graft`` fills that part through the same channel maps, reading each entry as evenly spaced teacher channels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-__all__ = ["Graft", "inherit_problem", "layout", "select_graft", "select_weights", "uniform_index"]
+from ultralytics_kd.distill.channels import channel_plan, uniform_index
+from ultralytics_kd.distill.tracing import ChannelTrace
 
-
-def uniform_index(n_student: int, n_teacher: int) -> torch.Tensor:
-    """``n_student`` evenly spaced indices into ``range(n_teacher)``, starting at 0 (all of them when equal)."""
-    return torch.arange(n_student) * n_teacher // n_student
+__all__ = ["Graft", "inherit_problem", "layout", "select_graft", "select_problem", "select_weights", "uniform_index"]
 
 
 def inherit_problem(student: nn.Module, teacher: nn.Module | dict[str, torch.Tensor]) -> str | None:
@@ -55,19 +55,47 @@ def _state(model: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return model if isinstance(model, dict) else model.state_dict()
 
 
+def select_problem(student: nn.Module, teacher: nn.Module | ChannelTrace) -> str | None:
+    """Why weight selection cannot pair the student's channels exactly with the teacher's, or None (``channel_plan``).
+
+    Args:
+        student (nn.Module): The student, an Ultralytics model with the teacher's layout (``inherit_problem`` is None).
+        teacher (nn.Module | ChannelTrace): The unfused teacher, or its trace.
+
+    Returns:
+        (str | None): A one-line reason, or None.
+    """
+    why = channel_plan(student, teacher)[1]
+    return f"its channels cannot be paired exactly with the teacher's ({why})" if why else None
+
+
+def _traceable(model: nn.Module) -> bool:
+    """An Ultralytics model (its layers in ``model.model``), whose forward pass ``channel_plan`` can follow."""
+    return isinstance(getattr(model, "model", None), (nn.Sequential, nn.ModuleList))
+
+
 @torch.no_grad()
-def select_weights(student: nn.Module, teacher: nn.Module | dict[str, torch.Tensor]) -> int:
-    """Fill every student tensor (weights, biases, BN statistics) with a uniform selection of the teacher's.
+def select_weights(
+    student: nn.Module, teacher: nn.Module | dict[str, torch.Tensor], trace: ChannelTrace | None = None
+) -> int:
+    """Fill every student tensor (weights, biases, BN statistics) with a selection of the teacher's.
+
+    An Ultralytics student takes the maps of ``channels.channel_plan`` (one per tensor boundary); any other module
+    (a plain chain of layers, such as one branch of a Detect head) takes evenly spaced indices on every dimension,
+    which pairs channels exactly only where no tensor is concatenated or split.
 
     Args:
         student (nn.Module): Narrower model with the teacher's layer names; modified in place.
         teacher (nn.Module | dict[str, torch.Tensor]): The trained, unfused teacher (or its state dict); not modified.
+        trace (ChannelTrace, optional): ``ChannelTrace.of(teacher)``, needed with a state dict for an Ultralytics
+            student.
 
     Returns:
         (int): Number of tensors filled.
 
     Raises:
-        ValueError: If the two models do not share a layout (see ``inherit_problem``).
+        ValueError: If the two models do not share a layout (see ``inherit_problem``), or their channels cannot be
+            paired exactly (see ``select_problem``).
 
     Examples:
         >>> from torch import nn
@@ -80,16 +108,41 @@ def select_weights(student: nn.Module, teacher: nn.Module | dict[str, torch.Tens
     if why := inherit_problem(student, teacher):
         raise ValueError(f"the teacher's weights cannot initialise this student: {why}")
     t = _state(teacher)
-    for k, v in student.state_dict().items():
-        _select_into(v, t[k])
-    return len(student.state_dict())
+    if not _traceable(student):
+        for k, v in student.state_dict().items():
+            _select_into(v, t[k], [None] * v.dim())
+        return len(student.state_dict())
+    return _fill(student, t, _plan(student, teacher, trace, None))
 
 
-def _select_into(v: torch.Tensor, w: torch.Tensor) -> None:
-    """Copy into ``v`` the evenly spaced elements of the larger ``w`` along every dimension where they differ."""
-    for d, n in enumerate(v.shape):
-        if n != w.shape[d]:
-            w = w.index_select(d, uniform_index(n, w.shape[d]).to(w.device))
+def _plan(student: nn.Module, teacher: nn.Module | dict, trace: ChannelTrace | None, graft: Graft | None) -> dict:
+    """``channel_plan`` for the pair (of the grafted layers only with ``graft``), or a ValueError with its reason."""
+    if trace is None and isinstance(teacher, dict):
+        raise ValueError("pairing an Ultralytics student's channels needs the teacher model or its ChannelTrace")
+    plan, why = channel_plan(student, teacher if trace is None else trace, graft)
+    if why:
+        raise ValueError(
+            f"the teacher's weights cannot initialise this student exactly: its channels cannot be paired with the "
+            f"teacher's ({why}). Start it otherwise (kd_init=auto falls back to a mimic stage, or kd_init=none)"
+        )
+    return plan
+
+
+def _fill(student: nn.Module, t: dict[str, torch.Tensor], plan: dict) -> int:
+    """Copy into each student tensor of ``plan`` its teacher tensor at the planned indices; return how many."""
+    state = student.state_dict()
+    for k, (tk, dims) in plan.items():
+        _select_into(state[k], t[tk], dims)
+    return len(plan)
+
+
+def _select_into(v: torch.Tensor, w: torch.Tensor, dims: list) -> None:
+    """Copy into ``v`` the elements of the larger ``w`` at ``dims`` (indices per dimension; None: evenly spaced)."""
+    for d, (n, idx) in enumerate(zip(v.shape, dims)):
+        if idx is None and n != w.shape[d]:
+            idx = uniform_index(n, w.shape[d])
+        if idx is not None:
+            w = w.index_select(d, idx.to(w.device))
     v.copy_(w)  # state_dict tensors share storage with the parameters; copy_ also casts fp16 teachers
 
 
@@ -128,15 +181,22 @@ class Graft:
         offset (int): Teacher layer index minus student layer index within the shared part.
         entries (tuple[tuple[int, int], ...]): (student layer, teacher layer) pairs of the backbone outputs that the
             shared part reads: what the student's backbone must reproduce for the selected layers to work.
+        plan (dict | None): The grafted layers' channel maps (``channels.channel_plan``), where ``of`` had the
+            teacher's trace.
     """
 
     start: int
     offset: int
     entries: tuple[tuple[int, int], ...]
+    plan: dict | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(
-        cls, student: nn.Module, teacher_layout: Sequence[tuple[str, tuple[int, ...]]], teacher_state: dict
+        cls,
+        student: nn.Module,
+        teacher_layout: Sequence[tuple[str, tuple[int, ...]]],
+        teacher_state: dict,
+        teacher_trace: ChannelTrace | None = None,
     ) -> tuple[Graft | None, str | None]:
         """Align ``student`` with the teacher from the Detect end; return the graft, or None and the reason.
 
@@ -144,6 +204,8 @@ class Graft:
             student (nn.Module): The student as built (an Ultralytics model).
             teacher_layout (Sequence[tuple[str, tuple[int, ...]]]): ``layout(teacher)``.
             teacher_state (dict[str, torch.Tensor]): The teacher's unfused state dict.
+            teacher_trace (ChannelTrace, optional): ``ChannelTrace.of(teacher)``: with it, the graft also needs the
+                grafted layers' channels to pair exactly with the teacher's, and carries their maps.
 
         Returns:
             (tuple[Graft | None, str | None]): The graft and None, or None and a one-line reason. A graft takes the
@@ -178,7 +240,13 @@ class Graft:
                     return None, f"student layer {j} reads layer {a}, but the teacher's layer {j + offset} reads {b}"
                 if a < start and entries.setdefault(a, b) != b:
                     return None, f"student layer {a} feeds teacher layers {entries[a]} and {b} in the two layouts"
-        return cls(start, offset, tuple(sorted(entries.items()))), None
+        graft = cls(start, offset, tuple(sorted(entries.items())))
+        if teacher_trace is None:
+            return graft, None
+        plan, why = channel_plan(student, teacher_trace, graft)
+        if why:
+            return None, f"the channels of its layers {start}-{len(s_layout) - 1} cannot be paired exactly ({why})"
+        return cls(graft.start, graft.offset, graft.entries, plan), None
 
     def describe(self, n_layers: int) -> str:
         """E.g. "layers 8-20 (the teacher's 10-22), fed by backbone layers 5, 6, 7 (the teacher's 4, 6, 9)"."""
@@ -192,20 +260,22 @@ class Graft:
 
 @torch.no_grad()
 def select_graft(student: nn.Module, teacher: nn.Module | dict[str, torch.Tensor], graft: Graft) -> int:
-    """Fill the student's layers from ``graft.start`` on with a uniform selection of the teacher's matching layers.
+    """Fill the student's layers from ``graft.start`` on with a selection of the teacher's matching layers.
+
+    Each backbone output in ``graft.entries`` is read as evenly spaced channels of the teacher's (what ``EntryMimic``
+    trains it to be); from there the maps follow the grafted layers (``channels.channel_plan``).
 
     Args:
         student (nn.Module): The student; its backbone (layers before ``graft.start``) is left as it is.
-        teacher (nn.Module | dict[str, torch.Tensor]): The unfused teacher, or its state dict; not modified.
+        teacher (nn.Module | dict[str, torch.Tensor]): The unfused teacher, or its state dict (then ``graft`` must
+            carry its plan: ``Graft.of`` with the teacher's trace); not modified.
         graft (Graft): From ``Graft.of`` for this pair.
 
     Returns:
         (int): Number of tensors filled.
+
+    Raises:
+        ValueError: If the grafted layers' channels cannot be paired exactly with the teacher's.
     """
-    t, n = _state(teacher), 0
-    for k, v in student.state_dict().items():
-        parts = k.split(".")
-        if parts[0] == "model" and parts[1].isdigit() and int(parts[1]) >= graft.start:
-            _select_into(v, t[".".join(["model", str(int(parts[1]) + graft.offset), *parts[2:]])])
-            n += 1
-    return n
+    plan = graft.plan if graft.plan is not None else _plan(student, teacher, None, graft)
+    return _fill(student, _state(teacher), plan)

@@ -2,9 +2,10 @@
 neck and head or transplanting its head, or as built.
 
 ``kd_init`` names one start (``select``, ``graft``, ``mimic``, ``none``) or lets ``auto`` take the first that fits the
-pair: weight selection where the student has the teacher's layout (``inherit.py``), else a graft where its layers
-after the backbone have it (``inherit.Graft``), else the mimic stage where the teacher's head fits the student's
-(``transplant.py``); a stage needs epochs left after it (``stage.py``). Else none.
+pair: weight selection where the student has the teacher's layout (``inherit.py``) and its channels pair exactly with
+the teacher's (``channels.py``), else a graft where its layers after the backbone have both, else the mimic stage
+where the teacher's head fits the student's (``transplant.py``); a stage needs epochs left after it (``stage.py``).
+Else none. Where auto passes over a selection only because the channels do not pair, it warns.
 ``choose_start`` decides once, before any epoch is spent, and returns the decision with its reasons as data (``Start``);
 a start named explicitly that cannot be done is an error there.
 """
@@ -12,14 +13,15 @@ a start named explicitly that cannot be done is an error there.
 from __future__ import annotations
 
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 
-from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_weights
+from ultralytics_kd.distill.inherit import Graft, inherit_problem, layout, select_problem, select_weights
 from ultralytics_kd.distill.stage import MimicStage, mimic_epochs, mimic_problem
+from ultralytics_kd.distill.tracing import ChannelTrace
 from ultralytics_kd.distill.transplant import transplant_problem
 
 __all__ = ["Start", "TeacherParts", "choose_start"]
@@ -36,18 +38,22 @@ class TeacherParts:
         head (nn.Module | None): A float copy of the unfused Detect head, for the mimic stage's transplant.
         layout (tuple[tuple[str, tuple[int, ...]], ...]): Each layer's class and inputs (``inherit.layout``), for
             grafts.
+        trace (ChannelTrace | None): The teacher's calls in one forward pass, to pair its channels with the student's
+            (``channels.channel_plan``), for selections and grafts.
     """
 
     state: dict[str, torch.Tensor] | None = None
     head: nn.Module | None = None
     layout: tuple = ()
+    trace: ChannelTrace | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, teacher: nn.Module, init: str) -> TeacherParts:
         """Copy from the unfused ``teacher`` what ``kd_init=init`` may need: nothing for ``none``."""
         state = None if init == "none" else {k: v.detach().clone() for k, v in teacher.state_dict().items()}
         head = deepcopy(teacher.model[-1]).float() if init in {"auto", "mimic"} else None
-        return cls(state, head, () if state is None else tuple(layout(teacher)))
+        trace = ChannelTrace.of(teacher) if init in {"auto", "select", "graft"} else None
+        return cls(state, head, () if state is None else tuple(layout(teacher)), trace)
 
     def stage(self, start: Start) -> MimicStage | None:
         """The stage that ``start`` runs (a graft's or a head transplant's), with what it hands over; None without."""
@@ -86,7 +92,8 @@ class Start:
     def resumed(cls, state: dict, init: str, student: nn.Module, teacher: TeacherParts, epochs: int) -> Start:
         """The start a resumed run took, from its checkpoint's ``"kd"`` state (a graft is planned again)."""
         if state.get("graft"):
-            return cls("graft", init, stage_epochs=epochs, graft=Graft.of(student, teacher.layout, teacher.state)[0])
+            graft = Graft.of(student, teacher.layout, teacher.state, teacher.trace)[0]
+            return cls("graft", init, stage_epochs=epochs, graft=graft)
         if state.get("mimic"):
             return cls("mimic", init, stage_epochs=epochs)
         return cls("select" if state.get("inherited") else "none", init)
@@ -98,8 +105,11 @@ class Start:
         elif self.kept and self.init != "none":
             LOGGER.info(f"{PREFIX} kd_init={self.init}: the student has weights of its own, which are kept")
         elif self.mode == "select":
-            n = select_weights(student, teacher.state)
-            LOGGER.info(f"{PREFIX} student starts from a uniform selection of the teacher's weights ({n} tensors)")
+            n = select_weights(student, teacher.state, teacher.trace)
+            LOGGER.info(
+                f"{PREFIX} student starts from a selection of the teacher's weights ({n} tensors, evenly spaced "
+                f"channels within each Concat part, split and attention head)"
+            )
         elif self.mode == "graft":
             LOGGER.info(
                 f"{PREFIX} kd_init={self.init}: the student's {self.graft.describe(len(student.model))} have the "
@@ -146,15 +156,23 @@ def choose_start(
     no_select = no_graft = None
     if init in {"auto", "select"}:
         no_select = inherit_problem(student, teacher.state)
+        no_channels = None if no_select else select_problem(student, teacher.trace)  # same layout, channels unpaired
+        no_select = no_select or no_channels
+        if no_channels and init == "auto":
+            LOGGER.warning(
+                f"{PREFIX} kd_init=auto: no weight selection, as {no_select}; trying a graft, then a mimic stage"
+            )
         if not no_select:
             return Start("select", init)
         if init == "select":
+            other = "kd_init=none (or auto) for a student of another family"
+            fix = "kd_init=auto (a mimic stage instead) or none" if no_channels else other
             raise ValueError(
                 f"kd_init=select copies the teacher's weights into a student of the same layout, but {no_select}. "
-                f"Set kd_init=none (or auto) for a student of another family"
+                f"Set {fix}"
             )
     if init in {"auto", "graft"}:
-        graft, no_graft = Graft.of(student, teacher.layout, teacher.state)
+        graft, no_graft = Graft.of(student, teacher.layout, teacher.state, teacher.trace)
         no_graft = no_graft or mimic_problem(kd_mimic_epochs, epochs)
         if not no_graft:
             return Start(
