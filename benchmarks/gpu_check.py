@@ -12,11 +12,12 @@
 4. ``int8``: Q/DQ INT8 ONNX files (``--int8-onnx``, e.g. the KD-QAT and PTQ files ``benchmarks/int8.py`` writes; by
    default a PTQ export of each plugin YAML on the synthetic set, with its FP32 export beside it) on ONNX Runtime's
    CUDA provider against the FP32 reference, the FP32 file beside it on the CPU provider: cosine of the raw outputs at
-   or above ``INT8_COSINE`` and of the class scores alone at or above ``INT8_SCORE_COSINE`` (the box pixels dominate
-   the first). A CUDA run also compares the INT8 file on the CUDA provider with the same file on the CPU provider (the
-   INT8 kernels the CPU figures in docs/BENCHMARKS.md come from), cosine at or above ``PARITY_COSINE``, and fails if
-   ONNX Runtime has no CUDA provider (the INT8 file would have run on the CPU only). CUDA latency at batch 1 and 32
-   beside the FP32 file's. TensorRT is not in the device image; where it is, build the engine from the same file.
+   or above ``PARITY_COSINE`` and ``max_abs`` (boxes / imgsz, class scores) within ``INT8_ATOL`` (near 0.5, a class
+   score moves the cosine too little to show a collapse). A CUDA run also compares the INT8 file on the CUDA provider
+   with the same file on the CPU provider (the INT8 kernels the CPU figures in docs/BENCHMARKS.md come from), cosine
+   at or above ``PARITY_COSINE``, and fails if ONNX Runtime has no CUDA provider (the INT8 file would have run on the
+   CPU only). CUDA latency at batch 1 and 32 beside the FP32 file's. TensorRT is not in the device image; where it
+   is, build the engine from the same file.
 
 Nothing is downloaded: Ultralytics' AMP self-test, which fetches yolo26n.pt, is patched to pass (AMP itself is what
 this checks). One JSON line per check is appended to ``--out``; the exit code is 1 if a check fails or errors.
@@ -45,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd_gain import ROOT, measure_floor  # noqa: E402
 
 PRECISIONS = {"fp32": (False, "float32"), "fp16": (True, "float16"), "bf16": ("bf16", "bfloat16")}  # amp=, dtype
-# INT8 against FP32, for the random-weight students this check exports: 0.9975-0.9997 (raw output) and 0.95-0.98
-# (scores) seen on the CPU provider at 64 and 320 px; a broken INT8 graph or kernel lands far below either
-INT8_COSINE, INT8_SCORE_COSINE = 0.99, 0.9
+# INT8 against FP32 (parity's max_abs): the random-weight students this check exports stayed within 0.008 on the CPU
+# provider at 64 and 320 px; a collapsed class score is ~0.5 off
+INT8_ATOL = 0.05
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -216,12 +217,6 @@ def ptq_export(cfg: Path, args: argparse.Namespace, work: Path, data: Path) -> P
         return Path(f).resolve()
 
 
-def _cosine(a, b) -> float:
-    import torch
-
-    return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
-
-
 def int8_row(f: Path, args: argparse.Namespace) -> dict:
     """One Q/DQ ONNX file on ONNX Runtime's CUDA provider against the FP32 file beside it on the CPU provider, and on
     a CUDA run against itself on the CPU provider; CUDA latency beside FP32's (see the module docstring)."""
@@ -247,14 +242,13 @@ def int8_row(f: Path, args: argparse.Namespace) -> dict:
     if not args.dry_run_cpu and used[0] != "CUDAExecutionProvider":
         problems.append(f"no CUDA provider in onnxruntime {ort.__version__} (pip install onnxruntime-gpu): ran on CPU")
     if fp32:  # the FP32 reference on the CPU provider
-        ref = OnnxRunner(fp32[0])(x)[0]
-        row.update(parity(out, ref, imgsz), score_cosine=_cosine(out[:, 4:], ref[:, 4:]))
-        if row["cosine"] < INT8_COSINE:
-            problems.append(f"cosine {row['cosine']:.5f} < {INT8_COSINE} against FP32")
-        if row["score_cosine"] < INT8_SCORE_COSINE:
-            problems.append(f"score cosine {row['score_cosine']:.5f} < {INT8_SCORE_COSINE} against FP32")
+        row.update(parity(out, OnnxRunner(fp32[0])(x)[0], imgsz))
+        if row["cosine"] < PARITY_COSINE:
+            problems.append(f"cosine {row['cosine']:.5f} < {PARITY_COSINE} against FP32")
+        if row["max_abs"] > INT8_ATOL:
+            problems.append(f"max_abs {row['max_abs']:.4f} > {INT8_ATOL} against FP32")
     if used[0] == "CUDAExecutionProvider":  # the same file on the CPU provider's INT8 kernels
-        row["cuda_cpu_cosine"] = _cosine(out, OnnxRunner(f)(x)[0])
+        row["cuda_cpu_cosine"] = parity(out, OnnxRunner(f)(x)[0], imgsz)["cosine"]
         if row["cuda_cpu_cosine"] < PARITY_COSINE:
             problems.append(f"CUDA against CPU provider: cosine {row['cuda_cpu_cosine']:.5f} < {PARITY_COSINE}")
     elif not fp32:
