@@ -7,6 +7,7 @@ import csv
 import sys
 from collections import Counter
 from copy import deepcopy
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import cv2
@@ -40,9 +41,11 @@ def _student_with_data_statistics(name: str, data_yaml: Path, path: Path) -> Pat
     """A student whose BatchNorm statistics are those of the data, as after FP32 training (QAT fine-tunes such a model).
 
     Weights stay random: what QAT needs from training is statistics that match the images its ranges calibrate on.
+    ``name`` is a plugin student, or a stock Ultralytics YAML by its file name (``"yolo11n.yaml"``).
     """
     torch.manual_seed(0)
-    model = DetectionModel(str(model_yaml(name)), nc=len(NAMES), verbose=False)
+    cfg = name if name.endswith(".yaml") else model_yaml(name)
+    model = DetectionModel(str(cfg), nc=len(NAMES), verbose=False)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for m in bns:
         m.reset_running_stats()
@@ -62,6 +65,30 @@ def _ops(f: str | Path) -> Counter:
     import onnx
 
     return Counter(n.op_type for n in onnx.load(str(f)).graph.node)
+
+
+def _quantized(f: str | Path) -> tuple[Counter, set[tuple[str, str]]]:
+    """A Q/DQ file's op multiset, and ``(op, name)`` of every node that reads a dequantized tensor (an INT8 input)."""
+    import onnx
+
+    graph = onnx.load(str(f)).graph
+    dequantized = {t for n in graph.node if n.op_type == "DequantizeLinear" for t in n.output}
+    quantized = {
+        (n.op_type, n.name)
+        for n in graph.node
+        if n.op_type not in {"QuantizeLinear", "DequantizeLinear"} and dequantized.intersection(n.input)
+    }
+    return Counter(n.op_type for n in graph.node), quantized
+
+
+def _pristine_stock_int8_quantize():
+    """Ultralytics' ``onnx_int8_quantize`` from a fresh load of its module: no hook of the plugin's can reach it."""
+    from ultralytics.utils.export import onnx as onnx_export
+
+    spec = spec_from_file_location("_stock_ultralytics_export_onnx", onnx_export.__file__)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.onnx_int8_quantize
 
 
 @pytest.fixture(scope="module", params=STUDENTS)
@@ -166,6 +193,23 @@ def test_ptq_export_runs_its_convs_in_int8(name, data_yaml, tmp_path):
     x = _images(data_yaml, "val")[:1].numpy()
     out = session.run(None, {"images": x})[0]
     assert out.shape[1] == 4 + len(NAMES) and np.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_ptq_of_a_stock_attention_model_is_the_stock_quantization(data_yaml, tmp_path, monkeypatch):
+    """A stock YOLO11 (C2PSA attention) exported with quantize=8 while the plugin is imported is quantized node for node
+    as Ultralytics alone quantizes it: the plugin's wider scope is for its own students, never for stock models."""
+    from ultralytics.utils.export import onnx as onnx_export
+
+    stock_model = _student_with_data_statistics("yolo11n.yaml", data_yaml, tmp_path / "yolo11n.pt")
+    assert any(type(m).__name__ == "C2PSA" for m in YOLO(str(stock_model)).model.modules())
+    export = dict(format="onnx", imgsz=IMGSZ, quantize=8, data=str(data_yaml))
+    with_plugin = _quantized(YOLO(str(stock_model)).export(**export))
+    monkeypatch.setattr(onnx_export, "onnx_int8_quantize", _pristine_stock_int8_quantize())
+    stock = _quantized(YOLO(str(stock_model)).export(**export))
+    assert any(op == "MatMul" and "/attn/" in name for op, name in stock[1])  # the attention is in the comparison
+    assert with_plugin[1] == stock[1], sorted(with_plugin[1] ^ stock[1])[:20]
+    assert with_plugin[0] == stock[0]
 
 
 def test_average_pools_become_the_depthwise_convs_they_equal():

@@ -13,6 +13,7 @@ from tests.nn.conftest import rel_err
 from ultralytics_kd import register_block
 from ultralytics_kd.nn import REGISTRY
 from ultralytics_kd.nn.blocks import ShuffleV2Stage
+from ultralytics_kd.nn.registry import registered_blocks
 
 STOCK = ["yolov8n.yaml", "yolov9t.yaml", "yolo11n.yaml", "yolo26n.yaml"]
 
@@ -55,6 +56,7 @@ def test_stock_yaml_unchanged(name):
         hooked.fuse(verbose=False)
         assert rel_err(a, hooked(x)[0]) <= 1e-4
     assert hooked.is_fused()
+    assert registered_blocks(hooked) == []  # a stock model: the INT8 export keeps Ultralytics' own quantization
 
 
 def _yaml(rows, **extra) -> dict:
@@ -120,5 +122,6 @@ def test_user_block_in_yaml_file(tmp_path):
         model = DetectionModel(str(f), verbose=False)
         conv = model.model[1].conv
         assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (16, 24, (5, 5))
+        assert registered_blocks(model) == [model.model[1]]
     finally:
         REGISTRY.pop("TinyUserBlock")

@@ -2,15 +2,18 @@
 
 - **Post-training (PTQ)**: ``model.export(format="onnx", quantize=8, data=...)`` calibrates with ONNX Runtime's
   ``quantize_static``. The plugin adds :func:`export_preflight`: without ``data=`` the stock path would download a
-  sample set to calibrate on, so a model that is not QAT-trained fails first with the fix in the message. It also
-  widens what is quantized (:func:`onnx_int8_quantize`): the stock step quantizes only Conv nodes, leaving every conv's
-  output float, and ONNX Runtime runs a conv in INT8 only when its output is quantized too (the DQ -> Conv -> Q pattern
-  it fuses into QLinearConv); otherwise it dequantizes and runs the float conv, so the INT8 file ran slower than FP32
-  on CPU. The plugin quantizes the whole body, activations and concatenations included, and keeps float exactly what
-  Ultralytics' QAT keeps float: the Detect layer outside its Conv blocks (the output convs and the box/score decode,
-  whose pixel and probability ranges one INT8 scale cannot hold). Unpadded average pools (ADown's 2x2, stride 1, in
-  YOLOv9-style students) are first rewritten as the depthwise convs they equal (:func:`average_pools_as_convs`):
-  ONNX Runtime's QLinearAveragePool was among the RepGELAN student's costliest INT8 kernels; its QLinearConv is fast.
+  sample set to calibrate on, so a model that is not QAT-trained fails first with the fix in the message. For a plugin
+  student (a model holding a registered block) it also widens what is quantized (:func:`onnx_int8_quantize`): the
+  stock step quantizes only Conv, Gemm and MatMul nodes, leaving every conv's output float, and ONNX Runtime runs a
+  conv in INT8 only when its output is quantized too (the DQ -> Conv -> Q pattern it fuses into QLinearConv);
+  otherwise it dequantizes and runs the float conv, so the INT8 file ran slower than FP32 on CPU. The plugin quantizes
+  the whole body, activations and concatenations included, and keeps float exactly what Ultralytics' QAT keeps float:
+  the Detect layer outside its Conv blocks (the output convs and the box/score decode, whose pixel and probability
+  ranges one INT8 scale cannot hold). Unpadded average pools (ADown's 2x2, stride 1, in YOLOv9-style students) are
+  first rewritten as the depthwise convs they equal (:func:`average_pools_as_convs`): ONNX Runtime's
+  QLinearAveragePool was among the RepGELAN student's costliest INT8 kernels; its QLinearConv is fast. Every other
+  model, stock YOLO11 with its C2PSA attention included, is quantized by Ultralytics' own step, unchanged: the
+  exporter's wrapper says per export whose model it is (:func:`export_scope`), and the hook reads only that.
 - **Quantization-aware training (QAT)**: ``train(quantize=8)`` inserts NVIDIA ModelOpt fake-quantization through
   ``prepare_qat``, which Ultralytics' trainer calls after building the model. :func:`install_int8_hooks` wraps that call
   (stock trainers and ``KDTrainer`` alike) with :func:`prepare_qat`:
@@ -36,7 +39,9 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -45,12 +50,14 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.torch_utils import is_qat
 
 from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
+from ultralytics_kd.nn.registry import registered_blocks
 
 __all__ = [
     "MODELOPT_HINT",
     "average_pools_as_convs",
     "check_qat_start",
     "export_preflight",
+    "export_scope",
     "float_nodes",
     "freeze_batchnorm",
     "install_int8_hooks",
@@ -66,6 +73,8 @@ PREFIX = colorstr("INT8:")
 MODELOPT_HINT = 'pip install "ultralytics-kd[int8]"'
 UNPADDED = (b"NOTSET", b"VALID")  # ONNX auto_pad values that, with no explicit pads, pad nothing
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+# set by export_scope for the length of one export (per thread and task), read by the INT8 hook
+_PLUGIN_EXPORT: ContextVar[bool] = ContextVar("ultralytics_kd_plugin_export", default=False)
 
 
 def is_int8(quantize) -> bool:
@@ -233,7 +242,8 @@ def onnx_int8_quantize(
 ) -> str:
     """Ultralytics' static INT8 ONNX quantization (same tool, calibration and format), over the whole body.
 
-    Falls back to ``stock`` for a graph whose node names :func:`float_nodes` cannot read. See the module docstring.
+    What a plugin student's export runs (see :func:`export_scope`). Falls back to ``stock`` for a graph whose node
+    names :func:`float_nodes` cannot read. See the module docstring.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -264,8 +274,30 @@ def onnx_int8_quantize(
     return str(output_file)
 
 
+@contextlib.contextmanager
+def export_scope(model: nn.Module | None):
+    """Within this block, the INT8 ONNX step widens its scope if ``model`` (the one being exported) is a plugin student.
+
+    ``Exporter.__call__`` (wrapped in :mod:`ultralytics_kd.deploy.trt`) is where the exported model is known; the
+    INT8 step that Ultralytics calls deeper down is only handed file names, so the wrapper says it here.
+    """
+    token = _PLUGIN_EXPORT.set(model is not None and bool(registered_blocks(model)))
+    try:
+        yield
+    finally:
+        _PLUGIN_EXPORT.reset(token)
+
+
+def _int8_step(stock, *args, **kwargs) -> str:
+    """The exporter's INT8 ONNX step: the plugin's for a plugin student's export, Ultralytics' own for any other."""
+    if _PLUGIN_EXPORT.get():
+        return onnx_int8_quantize(stock, *args, **kwargs)
+    return stock(*args, **kwargs)
+
+
 def install_int8_hooks() -> None:
-    """Wrap, once, the ``prepare_qat`` that Ultralytics' trainer calls and the ONNX INT8 step its exporter imports."""
+    """Wrap, once, the ``prepare_qat`` that Ultralytics' trainer calls and the ONNX INT8 step its exporter imports
+    (which stays Ultralytics' own unless :func:`export_scope` says a plugin student is being exported)."""
     from ultralytics.engine import trainer
     from ultralytics.utils.export import onnx as onnx_export
 
@@ -275,7 +307,7 @@ def install_int8_hooks() -> None:
         trainer.prepare_qat = hooked
     if not getattr(onnx_export.onnx_int8_quantize, "_ultralytics_kd", False):
         stock = onnx_export.onnx_int8_quantize
-        hooked = functools.wraps(stock)(functools.partial(onnx_int8_quantize, stock))
+        hooked = functools.wraps(stock)(functools.partial(_int8_step, stock))
         hooked._ultralytics_kd = True
         onnx_export.onnx_int8_quantize = hooked
 

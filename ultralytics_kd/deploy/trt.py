@@ -117,21 +117,23 @@ def stamp(exporter: Exporter) -> None:
 
 def install_export_hook() -> None:
     """Wrap ``Exporter.__call__`` once: INT8 ONNX exports run ``int8.export_preflight`` first, engine exports run
-    :func:`preflight` first and :func:`stamp` their header."""
+    :func:`preflight` first and :func:`stamp` their header, and the export runs in ``int8.export_scope`` (the INT8 step
+    widens its scope for a plugin student only)."""
     if getattr(Exporter.__call__, "_ultralytics_kd", False):
         return
     stock_call = Exporter.__call__
 
     @functools.wraps(stock_call)
     def __call__(self, model=None):
-        from ultralytics_kd.deploy.int8 import export_preflight
+        from ultralytics_kd.deploy.int8 import export_preflight, export_scope
 
         export_preflight(self.args, model)
         if str(self.args.format).lower() in ENGINE_FORMATS:
             preflight(self.args)
             if stamp not in self.callbacks["on_export_start"]:
                 self.callbacks["on_export_start"].append(stamp)
-        return stock_call(self, model)
+        with export_scope(model):
+            return stock_call(self, model)
 
     __call__._ultralytics_kd = True
     Exporter.__call__ = __call__

@@ -33,7 +33,7 @@ from torch import nn
 from ultralytics.nn import tasks
 from ultralytics.utils import LOGGER
 
-__all__ = ["REGISTRY", "BlockSpec", "install", "register_block"]
+__all__ = ["REGISTRY", "BlockSpec", "install", "register_block", "registered_blocks"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,12 @@ def register_block(name: str | None = None, *, repeats: bool = False, override: 
         return cls
 
     return decorator
+
+
+def registered_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` built from a registered block (the plugin's or a user's); empty for a stock model."""
+    classes = tuple(spec.cls for spec in REGISTRY.values())
+    return [m for m in model.modules() if isinstance(m, classes)]
 
 
 def _allow_safe_load(cls: type) -> None:
