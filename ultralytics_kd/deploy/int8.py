@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
-from ultralytics.utils.torch_utils import is_qat
 
+from ultralytics_kd.compat import has, is_qat
 from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
 
 __all__ = [
@@ -266,7 +266,7 @@ def install_int8_hooks() -> None:
     from ultralytics.engine import trainer
     from ultralytics.utils.export import onnx as onnx_export
 
-    if not getattr(trainer.prepare_qat, "_ultralytics_kd", False):
+    if has("qat") and not getattr(trainer.prepare_qat, "_ultralytics_kd", False):  # nothing to hook without stock QAT
         hooked = functools.wraps(trainer.prepare_qat)(functools.partial(prepare_qat, trainer.prepare_qat))
         hooked._ultralytics_kd = True
         trainer.prepare_qat = hooked

@@ -1,0 +1,118 @@
+"""Every difference between the Ultralytics releases this plugin supports, in one module.
+
+Supported: ``ultralytics>=8.4.104,<8.5`` (the dependency line in ``pyproject.toml`` says the same). The lower end is
+the criterion contract the plugin keeps: from 8.4.104 a detection loss returns ``(loss * batch_size, {name: value})``
+and the trainer derives its loss columns from that dict, so distillation terms reach the progress bar, results.csv
+and the validator's losses with no special case. Releases before it return a fixed three-item tensor whose columns
+the trainer names itself; bridging that would mean a second loss-bookkeeping path through the trainer and validator,
+not a moved import. 8.3 has a different Detect output altogether (a list of maps, not the dict of boxes, scores and
+feats every term reads). ``benchmarks/release_probe.py`` runs the compatibility tests against a list of releases;
+its latest table is in the README.
+
+Within the range, a later release adds features that the plugin uses where present and names where absent:
+
+- Quantization-aware training (``train(quantize=8)``: stock ``prepare_qat`` and ``is_qat``) from 8.4.143. Before it,
+  :func:`is_qat` is always False (no stock code can put ModelOpt quantizers into a model) and :func:`require` stops a
+  QAT run with the release it needs; post-training INT8 export and TensorRT export work on every supported release.
+
+Other modules import the names below from here, and test a feature with :func:`has` or :func:`require`, never with
+a version comparison of their own.
+"""
+
+from __future__ import annotations
+
+import re
+
+import ultralytics
+
+__all__ = [
+    "FEATURES",
+    "FOUND",
+    "SUPPORTED",
+    "UnsupportedUltralytics",
+    "check_version",
+    "has",
+    "is_qat",
+    "require",
+]
+
+MINIMUM = "8.4.104"  # the loss-dict contract (see the module docstring)
+BELOW = "8.5.0"  # a minor release may move what the plugin hooks (parse_model, fuse, the criterion); tested first
+SUPPORTED = f">={MINIMUM},<8.5"
+FOUND: str = getattr(ultralytics, "__version__", "unknown")
+
+
+class UnsupportedUltralytics(ImportError):
+    """The installed Ultralytics is outside the range this plugin is tested with."""
+
+
+def _release(version: str) -> tuple[int, int, int] | None:
+    """'8.4.190' -> (8, 4, 190); a pre- or dev-release suffix is ignored ('8.4.200rc1' -> (8, 4, 200)); None if
+    unreadable."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    return (int(m[1]), int(m[2]), int(m[3] or 0)) if m else None
+
+
+def check_version(version: str) -> None:
+    """Raise :class:`UnsupportedUltralytics` with a one-line message if ``version`` is outside the supported range.
+
+    Args:
+        version (str): An Ultralytics version string, e.g. ``ultralytics.__version__``.
+
+    Raises:
+        UnsupportedUltralytics: Naming the version found, the range and the pip command that installs a supported one.
+
+    Examples:
+        >>> check_version("8.4.190")
+        >>> check_version("8.4.0")
+        Traceback (most recent call last):
+        ...
+        ultralytics_kd.compat.UnsupportedUltralytics: ultralytics-kd needs ultralytics>=8.4.104,<8.5 and found ...
+    """
+    r = _release(version)
+    if r is None or not _release(MINIMUM) <= r < _release(BELOW):
+        raise UnsupportedUltralytics(
+            f"ultralytics-kd needs ultralytics{SUPPORTED} and found ultralytics {version}; "
+            f'fix: pip install "ultralytics{SUPPORTED}"'
+        )
+
+
+check_version(FOUND)  # before any other ultralytics import: an old release stops here, not at a deep ImportError
+
+from ultralytics.engine import trainer as _trainer  # noqa: E402  (after the version check, on purpose)
+from ultralytics.utils import torch_utils as _torch_utils  # noqa: E402
+
+FEATURES: dict[str, str] = {"qat": "8.4.143"}  # feature -> first release that has it (see the module docstring)
+_PRESENT = {"qat": hasattr(_torch_utils, "is_qat") and hasattr(_trainer, "prepare_qat")}
+
+
+def has(feature: str) -> bool:
+    """Whether the installed Ultralytics has ``feature`` (a key of :data:`FEATURES`)."""
+    return _PRESENT[feature]
+
+
+def require(feature: str, what: str) -> None:
+    """Stop ``what`` with the release it needs when the installed Ultralytics lacks ``feature``.
+
+    Args:
+        feature (str): A key of :data:`FEATURES`.
+        what (str): What was asked for, as the user wrote it, e.g. ``"train quantize=8 (QAT)"``.
+
+    Raises:
+        RuntimeError: Naming the release that has the feature and the pip command.
+    """
+    if not has(feature):
+        need = FEATURES[feature]
+        raise RuntimeError(
+            f"{what} needs ultralytics>={need} (stock {feature.upper()} support) and this is ultralytics {FOUND}; "
+            f'pip install "ultralytics>={need},<8.5". Everything else in ultralytics-kd works on {FOUND}'
+        )
+
+
+if _PRESENT["qat"]:
+    is_qat = _torch_utils.is_qat
+else:
+
+    def is_qat(model) -> bool:
+        """Whether ``model`` carries stock QAT fake-quantizers: never, on a release without stock QAT."""
+        return False
