@@ -21,6 +21,7 @@ a version comparison of their own.
 
 from __future__ import annotations
 
+import os
 import re
 
 import ultralytics
@@ -77,7 +78,9 @@ def check_version(version: str) -> None:
         )
 
 
-check_version(FOUND)  # before any other ultralytics import: an old release stops here, not at a deep ImportError
+ANY_RELEASE = "ULTRALYTICS_KD_ANY_RELEASE"  # =1 skips the check, to see how an unsupported release fails (the probe)
+if os.environ.get(ANY_RELEASE) != "1":
+    check_version(FOUND)  # before any other ultralytics import: an old release stops here, not at a deep ImportError
 
 from ultralytics.engine import trainer as _trainer  # noqa: E402  (after the version check, on purpose)
 from ultralytics.utils import torch_utils as _torch_utils  # noqa: E402
