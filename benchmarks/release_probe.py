@@ -3,16 +3,16 @@
 Each release is installed with ``pip install --no-deps --target`` into a throw-away folder that is put ahead of this
 interpreter's site-packages, so torch and the other dependencies come from the current environment; a release whose
 declared requirements that environment does not meet is reported as such rather than run. Releases outside the
-declared range run with ``ULTRALYTICS_KD_ANY_RELEASE=1``, so that the table shows why they fail, not only that the
-version check refuses them. One release at a time, ``OMP_NUM_THREADS=1``, each with its own Ultralytics settings
-folder (an older release would otherwise rewrite the user's settings file).
+declared range (``ultralytics_kd.compat.SUPPORTED``) run with ``ULTRALYTICS_KD_ANY_RELEASE=1``, so that the table
+shows why they fail, not only that the version check refuses them. One release at a time, ``OMP_NUM_THREADS=1``,
+each with its own Ultralytics settings folder (an older release would otherwise rewrite the user's settings file).
 
 Default list: every 10th 8.4 patch release, the newest 8.4 release, the newest release of all, and 8.3.253, read from
 PyPI with ``pip index versions ultralytics``.
 
     python benchmarks/release_probe.py                      # the default list
     python benchmarks/release_probe.py --also 8.4.103 8.4.104 --out probe.json
-    python benchmarks/release_probe.py --releases 8.4.104   # just one
+    python benchmarks/release_probe.py --releases 8.4.104 --strict  # just one; exit 1 unless it passes (CI)
 """
 
 from __future__ import annotations
@@ -78,6 +78,17 @@ def summarise(output: str) -> str:
     return f"{len(lines)} failed: " + " | ".join(e[:160] for e in errors[:3]) if lines else output.strip()[-300:]
 
 
+def supported(version: str) -> bool:
+    """Whether ``version`` is inside the declared range."""
+    from ultralytics_kd.compat import UnsupportedUltralytics, check_version
+
+    try:
+        check_version(version)
+    except UnsupportedUltralytics:
+        return False
+    return True
+
+
 def probe(version: str, cache: Path, timeout: int) -> dict:
     """Install ``version`` under ``cache`` and run the subset on it."""
     target = cache / version
@@ -94,7 +105,7 @@ def probe(version: str, cache: Path, timeout: int) -> dict:
         "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
         "OMP_NUM_THREADS": "1",
         "YOLO_CONFIG_DIR": str(target / ".config"),
-        "ULTRALYTICS_KD_ANY_RELEASE": "1",
+        "ULTRALYTICS_KD_ANY_RELEASE": "0" if supported(version) else "1",
     }
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "compat", SUBSET, "-p", "no:cacheprovider", "-W", "ignore"]
     t0 = time.time()
@@ -106,7 +117,7 @@ def probe(version: str, cache: Path, timeout: int) -> dict:
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     result = "pass" if r.returncode == 0 else "fail"
     return {"release": version, "result": result, "reason": "" if r.returncode == 0 else summarise(r.stdout + r.stderr),
-            "summary": tail, "seconds": seconds}  # fmt: skip
+            "summary": tail, "seconds": seconds, "output": "" if r.returncode == 0 else r.stdout[-6000:]}  # fmt: skip
 
 
 def main() -> None:
@@ -116,18 +127,23 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=Path("/tmp/ul-probe"), help="where the releases are installed")
     p.add_argument("--timeout", type=int, default=600, help="seconds per release")
     p.add_argument("--out", type=Path, help="write the results as JSON here, updated after each release")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless every release passes")
     a = p.parse_args()
     releases = a.releases or sorted(set(default_list(pypi_releases())) | set(a.also), key=Version)
     print(f"probing {len(releases)} releases: {' '.join(releases)}", flush=True)
     results = []
     for v in releases:
         results.append(probe(v, a.cache, a.timeout))
-        print(json.dumps(results[-1]), flush=True)
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "output"}), flush=True)
         if a.out:
             a.out.write_text(json.dumps(results, indent=1))
     print("\n| release | result | reason |\n|---|---|---|")
     for r in results:
         print(f"| {r['release']} | {r['result']} | {r['reason'] or r.get('summary', '')} |")
+    if a.strict and any(r["result"] != "pass" for r in results):
+        for r in results:
+            print(r.get("output", ""))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,13 @@ def test_versions_inside_the_range_pass(version):
     compat.check_version(version)
 
 
+def test_dependency_line_declares_the_supported_range():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d for d in deps if d.startswith("ultralytics")] == [f"ultralytics{compat.SUPPORTED}"]
+
+
 def test_import_with_an_old_release_stops_with_one_line(tmp_path):
     """A stand-in ``ultralytics`` 8.4.0 on the path: ``import ultralytics_kd`` must stop at the version check, before
     it imports anything the old release lacks (this stand-in has nothing but its version)."""
