@@ -103,6 +103,21 @@ def test_qat_is_present_or_refused_with_its_release():
         assert compat.is_qat(DetectionModel("yolov8n.yaml", nc=2, verbose=False)) is False
 
 
+def test_lad_is_present_or_refused_with_its_release():
+    from ultralytics.cfg import get_cfg
+
+    from ultralytics_kd.distill.criterion import KDDetectionLoss, TeacherAssigner
+
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    model.args = get_cfg()
+    if compat.has("lad"):
+        assert isinstance(KDDetectionLoss(model, [], lad=True).assigner, TeacherAssigner)
+    else:
+        with pytest.raises(RuntimeError, match=r"\(kd_lad=True, kd_recipe=lad\) needs ultralytics>=8\.4\.180 "):
+            KDDetectionLoss(model, [], lad=True)
+    assert not isinstance(KDDetectionLoss(model, []).assigner, TeacherAssigner)  # without LAD, any release
+
+
 # --- students: build, fuse, ONNX --------------------------------------------------------------------------------------
 
 

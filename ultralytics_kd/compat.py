@@ -14,6 +14,9 @@ Within the range, a later release adds features that the plugin uses where prese
 - Quantization-aware training (``train(quantize=8)``: stock ``prepare_qat`` and ``is_qat``) from 8.4.143. Before it,
   :func:`is_qat` is always False (no stock code can put ModelOpt quantizers into a model) and :func:`require` stops a
   QAT run with the release it needs; post-training INT8 export and TensorRT export work on every supported release.
+- Label assignment distillation (``kd_lad``, ``kd_recipe=lad``) from 8.4.180, whose detection loss passes keyword
+  arguments through to its assigner (``get_assigned_targets_and_loss(..., **assign_kwargs)``): the plugin hands the
+  teacher's predictions to the assigner that way instead of overriding the loss.
 
 Other modules import the names below from here, and test a feature with :func:`has` or :func:`require`, never with
 a version comparison of their own.
@@ -21,6 +24,7 @@ a version comparison of their own.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 
@@ -84,9 +88,16 @@ if os.environ.get(ANY_RELEASE) != "1":
 
 from ultralytics.engine import trainer as _trainer  # noqa: E402  (after the version check, on purpose)
 from ultralytics.utils import torch_utils as _torch_utils  # noqa: E402
+from ultralytics.utils.loss import v8DetectionLoss as _v8DetectionLoss  # noqa: E402
 
-FEATURES: dict[str, str] = {"qat": "8.4.143"}  # feature -> first release that has it (see the module docstring)
-_PRESENT = {"qat": hasattr(_torch_utils, "is_qat") and hasattr(_trainer, "prepare_qat")}
+FEATURES: dict[str, str] = {"qat": "8.4.143", "lad": "8.4.180"}  # feature -> first release with it (docstring above)
+_PRESENT = {
+    "qat": hasattr(_torch_utils, "is_qat") and hasattr(_trainer, "prepare_qat"),
+    "lad": any(
+        p.kind is p.VAR_KEYWORD
+        for p in inspect.signature(_v8DetectionLoss.get_assigned_targets_and_loss).parameters.values()
+    ),
+}
 
 
 def has(feature: str) -> bool:
@@ -107,7 +118,7 @@ def require(feature: str, what: str) -> None:
     if not has(feature):
         need = FEATURES[feature]
         raise RuntimeError(
-            f"{what} needs ultralytics>={need} (stock {feature.upper()} support) and this is ultralytics {FOUND}; "
+            f"{what} needs ultralytics>={need} and this is ultralytics {FOUND}; "
             f'pip install "ultralytics>={need},<8.5". Everything else in ultralytics-kd works on {FOUND}'
         )
 
