@@ -175,6 +175,14 @@ def test_kd_scratch(data, v8s, tmp_path):
     assert "val/box_loss" in row  # the validator's losses go through the same dict
 
 
+def test_kd_end2end_student(data, v8s, tmp_path):
+    """A YOLO26 student: the stock one-to-many + one-to-one loss, with the terms on its one-to-many branch."""
+    trainer = _kd(YOLO("yolo26n.yaml"), v8s, data, tmp_path, kd_init="none", kd_recipe="cls_bce+cwd")
+    assert type(trainer.model.criterion).__name__ == "KDE2ELoss"
+    row = _assert_trained(trainer, "train/kdcwd_loss")[0]
+    assert float(row["train/kdcls_loss"]) > 0 and float(row["train/kdcwd_loss"]) > 0
+
+
 def test_kd_student_with_own_weights(data, v8s, tmp_path):
     """A student checkpoint keeps its weights: no start replaces them."""
     own = save_untrained("yolov8n.yaml", tmp_path / "own.pt")
