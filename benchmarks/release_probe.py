@@ -104,6 +104,7 @@ def probe(version: str, cache: Path, timeout: int) -> dict:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
         "OMP_NUM_THREADS": "1",
+        "COLUMNS": "1000",  # pytest's summary lines carry the whole error message
         "YOLO_CONFIG_DIR": str(target / ".config"),
         "ULTRALYTICS_KD_ANY_RELEASE": "0" if supported(version) else "1",
     }
