@@ -1,11 +1,13 @@
 """Run the compatibility subset (``tests/test_compat_subset.py``) against a list of Ultralytics releases.
 
 Each release is installed with ``pip install --no-deps --target`` into a throw-away folder that is put ahead of this
-interpreter's site-packages, so torch and the other dependencies come from the current environment; a release whose
-declared requirements that environment does not meet is reported as such rather than run. Releases outside the
-declared range (``ultralytics_kd.compat.SUPPORTED``) run with ``ULTRALYTICS_KD_ANY_RELEASE=1``, so that the table
-shows why they fail, not only that the version check refuses them. One release at a time, ``OMP_NUM_THREADS=1``,
-each with its own Ultralytics settings folder (an older release would otherwise rewrite the user's settings file).
+interpreter's site-packages, so torch and the other dependencies come from the current environment. A requirement the
+environment lacks altogether (a dependency added by that release) is installed into the same folder; a release that
+needs another version of one the environment has is reported as "not run" rather than run against it. Releases
+outside the declared range (``ultralytics_kd.compat.SUPPORTED``) run with ``ULTRALYTICS_KD_ANY_RELEASE=1``, so that
+the table shows why they fail, not only that the version check refuses them. One release at a time,
+``OMP_NUM_THREADS=1``, each with its own Ultralytics settings folder (an older release would otherwise rewrite the
+user's settings file).
 
 Default list: every 10th 8.4 patch release, the newest 8.4 release, the newest release of all, and 8.3.253, read from
 PyPI with ``pip index versions ultralytics``.
@@ -51,10 +53,19 @@ def default_list(available: list[str]) -> list[str]:
     return sorted(pick, key=Version)
 
 
-def unmet(target: Path) -> list[str]:
-    """The release's requirements (extras aside) that this environment does not satisfy."""
+def _versions(target: Path) -> dict[str, str]:
+    """Installed distributions, name -> version, with ``target`` ahead of this environment."""
+    found = {}
+    for d in distributions(path=[str(target), *sys.path]):
+        found.setdefault(d.metadata["Name"].lower().replace("_", "-"), d.version)
+    return found
+
+
+def unmet(target: Path) -> list[tuple[Requirement, str | None]]:
+    """The release's requirements (extras aside) that this environment, with ``target`` ahead of it, does not meet,
+    each with the version found (None if absent)."""
     dist = PathDistribution(next(target.glob("ultralytics-*.dist-info")))
-    have = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in distributions()}
+    have = _versions(target)
     missing = []
     for line in dist.requires or []:
         req = Requirement(line)
@@ -62,7 +73,7 @@ def unmet(target: Path) -> list[str]:
             continue
         version = have.get(req.name.lower().replace("_", "-"))
         if version is None or (req.specifier and not req.specifier.contains(version, prereleases=True)):
-            missing.append(f"{req} (have {version})")
+            missing.append((req, version))
     return missing
 
 
@@ -98,8 +109,12 @@ def probe(version: str, cache: Path, timeout: int) -> dict:
              f"ultralytics=={version}"],
             check=True, capture_output=True,
         )  # fmt: skip
-    if missing := unmet(target):
-        return {"release": version, "result": "not run", "reason": "unmet requirements: " + "; ".join(missing)}
+    if absent := [str(r) for r, v in unmet(target) if v is None]:  # a dependency that release added
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *absent],
+                       check=True, capture_output=True)  # fmt: skip
+    if missing := unmet(target):  # another version of one this environment has: not replaced under torch's feet
+        reason = "; ".join(f"{r} (have {v})" for r, v in missing)
+        return {"release": version, "result": "not run", "reason": "unmet requirements: " + reason}
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
