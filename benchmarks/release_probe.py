@@ -90,7 +90,8 @@ def summarise(output: str) -> str:
 
 
 def supported(version: str) -> bool:
-    """Whether ``version`` is inside the declared range."""
+    """Whether ``version`` is inside the declared range (this checkout's, not that of an installed ultralytics_kd)."""
+    sys.path.insert(0, str(ROOT))
     from ultralytics_kd.compat import UnsupportedUltralytics, check_version
 
     try:
@@ -117,7 +118,7 @@ def probe(version: str, cache: Path, timeout: int) -> dict:
         return {"release": version, "result": "not run", "reason": "unmet requirements: " + reason}
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(target)]),  # the checkout first: the wheel ships a `tests` too
         "OMP_NUM_THREADS": "1",
         "COLUMNS": "1000",  # pytest's summary lines carry the whole error message
         "YOLO_CONFIG_DIR": str(target / ".config"),
