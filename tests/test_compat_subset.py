@@ -149,6 +149,22 @@ def test_packaged_student_builds_fuses_and_exports(name, tmp_path):
     np.testing.assert_allclose(out, after.numpy(), rtol=1e-4, atol=1e-4 * float(after.abs().max()))
 
 
+def test_ptq_int8_export(data, tmp_path):
+    """The stock ``format=onnx quantize=8`` export through the plugin's INT8 step: the body quantized (Q/DQ pairs
+    around the convs), and the file runs on ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    f = YOLO(model_yaml("yolov9-tiny-gelan-rep")).export(
+        format="onnx", imgsz=64, quantize=8, data=str(data), batch=2, project=str(tmp_path)
+    )
+    ops = [n.op_type for n in onnx.load(f).graph.node]
+    assert Path(f).name.endswith("_int8.onnx") and ops.count("QuantizeLinear") > 10
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: np.random.default_rng(0).random((2, 3, 64, 64), np.float32)})[0]
+    assert out.shape[0] == 2 and np.isfinite(out).all()
+
+
 # --- one short KD run per start path, and a resume --------------------------------------------------------------------
 
 

@@ -18,16 +18,24 @@ Within the range, a later release adds features that the plugin uses where prese
   arguments through to its assigner (``get_assigned_targets_and_loss(..., **assign_kwargs)``): the plugin hands the
   teacher's predictions to the assigner that way instead of overriding the loss.
 
+Signatures that moved within the range:
+
+- The ONNX INT8 step the exporter calls (``utils.export.onnx.onnx_int8_quantize``): 8.4.80 to 8.4.179 pass it the
+  graph's static batch as ``batch=``; :func:`onnx_int8_step` gives the plugin's step the signature the installed
+  exporter calls.
+
 Other modules import the names below from here, and test a feature with :func:`has` or :func:`require`, never with
 a version comparison of their own.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
 
+import numpy as np
 import ultralytics
 
 __all__ = [
@@ -38,6 +46,7 @@ __all__ = [
     "check_version",
     "has",
     "is_qat",
+    "onnx_int8_step",
     "require",
 ]
 
@@ -88,6 +97,7 @@ if os.environ.get(ANY_RELEASE) != "1":
 
 from ultralytics.engine import trainer as _trainer  # noqa: E402  (after the version check, on purpose)
 from ultralytics.utils import torch_utils as _torch_utils  # noqa: E402
+from ultralytics.utils.export import onnx as _onnx_export  # noqa: E402
 from ultralytics.utils.loss import v8DetectionLoss as _v8DetectionLoss  # noqa: E402
 
 FEATURES: dict[str, str] = {"qat": "8.4.143", "lad": "8.4.180"}  # feature -> first release with it (docstring above)
@@ -130,3 +140,40 @@ else:
     def is_qat(model) -> bool:
         """Whether ``model`` carries stock QAT fake-quantizers: never, on a release without stock QAT."""
         return False
+
+
+_INT8_STEP_TAKES_BATCH = "batch" in inspect.signature(_onnx_export.onnx_int8_quantize).parameters
+
+
+def _tiled(transform_fn, batch: int):
+    """``transform_fn`` whose calibration arrays are repeated along the first axis to exactly ``batch`` images."""
+
+    def transform(b):
+        im = transform_fn(b)
+        return im if im.shape[0] == batch else np.tile(im, (-(-batch // im.shape[0]), 1, 1, 1))[:batch]
+
+    return transform
+
+
+def onnx_int8_step(step):
+    """The plugin's ONNX INT8 step in the signature the installed exporter calls.
+
+    Args:
+        step (Callable): ``step(stock, onnx_file, output_file, dataset, transform_fn, input_name=, prefix=)``, where
+            ``stock`` is the stock step, called the same way.
+
+    Returns:
+        (Callable): ``step`` itself, or on a release whose exporter also passes ``batch`` (the graph's static batch, 0
+            when dynamic) a wrapper taking it: calibration arrays are tiled up to that batch, which a static graph
+            needs and which those releases' calibration reader did for its own callers, and ``stock`` gets it back.
+    """
+    if not _INT8_STEP_TAKES_BATCH:
+        return step
+
+    @functools.wraps(step)
+    def with_batch(stock, onnx_file, output_file, dataset, transform_fn, input_name="images", batch=0, prefix=""):
+        transform = _tiled(transform_fn, batch) if batch else transform_fn
+        stock = functools.partial(stock, batch=batch)
+        return step(stock, onnx_file, output_file, dataset, transform, input_name=input_name, prefix=prefix)
+
+    return with_batch

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
 
-from ultralytics_kd.compat import has, is_qat
+from ultralytics_kd.compat import has, is_qat, onnx_int8_step
 from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
 
 __all__ = [
@@ -272,6 +272,6 @@ def install_int8_hooks() -> None:
         trainer.prepare_qat = hooked
     if not getattr(onnx_export.onnx_int8_quantize, "_ultralytics_kd", False):
         stock = onnx_export.onnx_int8_quantize
-        hooked = functools.wraps(stock)(functools.partial(onnx_int8_quantize, stock))
+        hooked = functools.wraps(stock)(functools.partial(onnx_int8_step(onnx_int8_quantize), stock))
         hooked._ultralytics_kd = True
         onnx_export.onnx_int8_quantize = hooked
