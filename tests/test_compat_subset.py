@@ -118,6 +118,24 @@ def test_lad_is_present_or_refused_with_its_release():
     assert not isinstance(KDDetectionLoss(model, []).assigner, TeacherAssigner)  # without LAD, any release
 
 
+def test_engine_header_is_read_or_refused_with_its_release(tmp_path):
+    """The engine runner reads the header Ultralytics writes ahead of an engine (4-byte length, JSON), through the
+    stock reader where the release has one."""
+    import json
+
+    from ultralytics_kd.deploy import read_engine_header
+
+    meta = {"imgsz": [64, 64], "names": {"0": "a"}, "stride": 32}
+    head = json.dumps(meta).encode()
+    f = tmp_path / "a.engine"
+    f.write_bytes(len(head).to_bytes(4, "little") + head + b"engine bytes")
+    if compat.has("engine_header"):
+        assert read_engine_header(f) == (4 + len(head), {"imgsz": [64, 64], "names": {0: "a"}, "stride": 32})
+    else:
+        with pytest.raises(RuntimeError, match=r"engine file's metadata .* needs ultralytics>=8\.4\.127 "):
+            read_engine_header(f)
+
+
 # --- students: build, fuse, ONNX --------------------------------------------------------------------------------------
 
 

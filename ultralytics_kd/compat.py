@@ -11,6 +11,8 @@ its latest table is in the README.
 
 Within the range, a later release adds features that the plugin uses where present and names where absent:
 
+- Reading the metadata header of a TensorRT engine file (stock ``BaseBackend.engine_header``) from 8.4.127: the
+  plugin's engine runner (``deploy.EngineRunner``, ``read_engine_header``) needs it; building engines does not.
 - Quantization-aware training (``train(quantize=8)``: stock ``prepare_qat`` and ``is_qat``) from 8.4.143. Before it,
   :func:`is_qat` is always False (no stock code can put ModelOpt quantizers into a model) and :func:`require` stops a
   QAT run with the release it needs; post-training INT8 export and TensorRT export work on every supported release.
@@ -44,6 +46,7 @@ __all__ = [
     "SUPPORTED",
     "UnsupportedUltralytics",
     "check_version",
+    "engine_header",
     "has",
     "is_qat",
     "onnx_int8_step",
@@ -96,12 +99,15 @@ if os.environ.get(ANY_RELEASE) != "1":
     check_version(FOUND)  # before any other ultralytics import: an old release stops here, not at a deep ImportError
 
 from ultralytics.engine import trainer as _trainer  # noqa: E402  (after the version check, on purpose)
+from ultralytics.nn.backends.base import BaseBackend as _BaseBackend  # noqa: E402
 from ultralytics.utils import torch_utils as _torch_utils  # noqa: E402
 from ultralytics.utils.export import onnx as _onnx_export  # noqa: E402
 from ultralytics.utils.loss import v8DetectionLoss as _v8DetectionLoss  # noqa: E402
 
-FEATURES: dict[str, str] = {"qat": "8.4.143", "lad": "8.4.180"}  # feature -> first release with it (docstring above)
+# feature -> the first release that has it (see the module docstring)
+FEATURES: dict[str, str] = {"engine_header": "8.4.127", "qat": "8.4.143", "lad": "8.4.180"}
 _PRESENT = {
+    "engine_header": hasattr(_BaseBackend, "engine_header"),
     "qat": hasattr(_torch_utils, "is_qat") and hasattr(_trainer, "prepare_qat"),
     "lad": any(
         p.kind is p.VAR_KEYWORD
@@ -140,6 +146,12 @@ else:
     def is_qat(model) -> bool:
         """Whether ``model`` carries stock QAT fake-quantizers: never, on a release without stock QAT."""
         return False
+
+
+def engine_header(path) -> tuple[int, dict]:
+    """Stock ``BaseBackend.engine_header``: byte offset of the serialized engine and its metadata, as stored."""
+    require("engine_header", "reading a TensorRT engine file's metadata (EngineRunner, read_engine_header)")
+    return _BaseBackend.engine_header(path)
 
 
 _INT8_STEP_TAKES_BATCH = "batch" in inspect.signature(_onnx_export.onnx_int8_quantize).parameters
