@@ -136,6 +136,23 @@ def test_engine_header_is_read_or_refused_with_its_release(tmp_path):
             read_engine_header(f)
 
 
+def test_validating_leaves_an_end2end_model_as_it_was(data):
+    """What the teacher check relies on: a stock validator run on ``for_validation(m)`` neither fuses ``m`` nor drops
+    its one-to-many branch (the branch distillation reads)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    model = DetectionModel("yolo26n.yaml", nc=2, verbose=False).eval()
+    model.names = {0: "square", 1: "bar"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = get_cfg(overrides=dict(data=str(data), imgsz=64, batch=2, device="cpu", plots=False, verbose=False))
+    metrics = DetectionValidator(args=args)(model=compat.for_validation(model))
+    assert "metrics/mAP50-95(B)" in metrics
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert model.model[-1].cv2 is not None and not model.is_fused()
+
+
 # --- students: build, fuse, ONNX --------------------------------------------------------------------------------------
 
 

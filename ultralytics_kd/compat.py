@@ -20,7 +20,11 @@ Within the range, a later release adds features that the plugin uses where prese
   arguments through to its assigner (``get_assigned_targets_and_loss(..., **assign_kwargs)``): the plugin hands the
   teacher's predictions to the assigner that way instead of overriding the loss.
 
-Signatures that moved within the range:
+Behaviour and signatures that moved within the range:
+
+- A standalone stock validator (``validator(model=m)``) validates a copy of ``m`` from 8.4.140
+  (``BaseValidator.get_model``); before, AutoBackend fuses ``m`` in place, which drops an end-to-end head's
+  one-to-many branch. :func:`for_validation` hands it a copy where the release does not make one.
 
 - The ONNX INT8 step the exporter calls (``utils.export.onnx.onnx_int8_quantize``): 8.4.80 to 8.4.179 pass it the
   graph's static batch as ``batch=``; :func:`onnx_int8_step` gives the plugin's step the signature the installed
@@ -36,6 +40,7 @@ import functools
 import inspect
 import os
 import re
+from copy import deepcopy
 
 import numpy as np
 import ultralytics
@@ -47,6 +52,7 @@ __all__ = [
     "UnsupportedUltralytics",
     "check_version",
     "engine_header",
+    "for_validation",
     "has",
     "is_qat",
     "onnx_int8_step",
@@ -99,6 +105,7 @@ if os.environ.get(ANY_RELEASE) != "1":
     check_version(FOUND)  # before any other ultralytics import: an old release stops here, not at a deep ImportError
 
 from ultralytics.engine import trainer as _trainer  # noqa: E402  (after the version check, on purpose)
+from ultralytics.engine.validator import BaseValidator as _BaseValidator  # noqa: E402
 from ultralytics.nn.backends.base import BaseBackend as _BaseBackend  # noqa: E402
 from ultralytics.utils import torch_utils as _torch_utils  # noqa: E402
 from ultralytics.utils.export import onnx as _onnx_export  # noqa: E402
@@ -152,6 +159,12 @@ def engine_header(path) -> tuple[int, dict]:
     """Stock ``BaseBackend.engine_header``: byte offset of the serialized engine and its metadata, as stored."""
     require("engine_header", "reading a TensorRT engine file's metadata (EngineRunner, read_engine_header)")
     return _BaseBackend.engine_header(path)
+
+
+def for_validation(model):
+    """``model`` as a standalone stock validator should get it (``validator(model=for_validation(m))``) so that
+    validating leaves ``m`` as it was: ``m`` itself where the validator copies it, else a deep copy."""
+    return model if hasattr(_BaseValidator, "get_model") else deepcopy(model)
 
 
 _INT8_STEP_TAKES_BATCH = "batch" in inspect.signature(_onnx_export.onnx_int8_quantize).parameters
