@@ -25,7 +25,6 @@ Behaviour and signatures that moved within the range:
 - A standalone stock validator (``validator(model=m)``) validates a copy of ``m`` from 8.4.140
   (``BaseValidator.get_model``); before, AutoBackend fuses ``m`` in place, which drops an end-to-end head's
   one-to-many branch. :func:`for_validation` hands it a copy where the release does not make one.
-
 - The ONNX INT8 step the exporter calls (``utils.export.onnx.onnx_int8_quantize``): 8.4.80 to 8.4.179 pass it the
   graph's static batch as ``batch=``; :func:`onnx_int8_step` gives the plugin's step the signature the installed
   exporter calls.
