@@ -84,6 +84,7 @@ def summarise(output: str) -> str:
     errors = []
     for ln in lines:  # a collection error has no message on its summary line: take the first raised error
         msg = ln.split(" - ", 1)[1] if " - " in ln else (raised[0] if raised else ln)
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", msg)  # Ultralytics colours argument names in its errors
         if msg not in errors:
             errors.append(msg)
     return f"{len(lines)} failed: " + " | ".join(e[:160] for e in errors[:3]) if lines else output.strip()[-300:]
