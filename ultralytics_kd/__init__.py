@@ -5,6 +5,7 @@ so plain Ultralytics code (``YOLO("student.yaml")``, ``model.fuse()``, ``model.e
 resume guard, so that no stock path resumes a distillation checkpoint without its teacher.
 """
 
+from ultralytics_kd import compat  # noqa: F401  (first: stops an unsupported Ultralytics with one line)
 from ultralytics_kd.engine.resume import install_resume_guard
 from ultralytics_kd.nn import install, register_block
 from ultralytics_kd.zoo import list_models, model_yaml

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils.torch_utils import is_qat
 
 from tests.deploy.conftest import NAMES
 from ultralytics_kd import KDTrainer
+from ultralytics_kd.compat import is_qat
 from ultralytics_kd.deploy import int8
 from ultralytics_kd.deploy.measure import parity
 from ultralytics_kd.zoo import model_yaml

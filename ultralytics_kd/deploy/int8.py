@@ -47,8 +47,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
-from ultralytics.utils.torch_utils import is_qat
 
+from ultralytics_kd.compat import has, is_qat, onnx_int8_step
 from ultralytics_kd.nn.fuse import reparameterize, unfused_blocks
 from ultralytics_kd.nn.registry import registered_blocks
 
@@ -301,13 +301,13 @@ def install_int8_hooks() -> None:
     from ultralytics.engine import trainer
     from ultralytics.utils.export import onnx as onnx_export
 
-    if not getattr(trainer.prepare_qat, "_ultralytics_kd", False):
+    if has("qat") and not getattr(trainer.prepare_qat, "_ultralytics_kd", False):  # nothing to hook without stock QAT
         hooked = functools.wraps(trainer.prepare_qat)(functools.partial(prepare_qat, trainer.prepare_qat))
         hooked._ultralytics_kd = True
         trainer.prepare_qat = hooked
     if not getattr(onnx_export.onnx_int8_quantize, "_ultralytics_kd", False):
         stock = onnx_export.onnx_int8_quantize
-        hooked = functools.wraps(stock)(functools.partial(_int8_step, stock))
+        hooked = functools.wraps(stock)(functools.partial(onnx_int8_step(_int8_step), stock))
         hooked._ultralytics_kd = True
         onnx_export.onnx_int8_quantize = hooked
 

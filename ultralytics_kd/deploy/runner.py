@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from ultralytics.data.augment import LetterBox
 from ultralytics.engine.results import Results
-from ultralytics.nn.backends.base import BaseBackend
 from ultralytics.utils import nms, ops
 
+from ultralytics_kd.compat import engine_header
 from ultralytics_kd.deploy.trt import precision_api, require_tensorrt
 
 __all__ = ["EngineRunner", "OnnxRunner", "read_engine_header"]
@@ -50,7 +50,7 @@ def read_engine_header(path: str | Path) -> tuple[int, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"engine file {path} not found; build one: yolo-kd export model=best.pt format=engine")
-    offset, meta = BaseBackend.engine_header(path)
+    offset, meta = engine_header(path)
     return offset, _parse_metadata(meta)
 
 

@@ -26,6 +26,7 @@ from ultralytics.utils import LOGGER
 from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
 from ultralytics.utils.tal import dist2bbox, make_anchors
 
+from ultralytics_kd.compat import require
 from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.losses.box import expected_sides
 from ultralytics_kd.distill.recorders import FeatureRecorder
@@ -267,6 +268,7 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
         v8DetectionLoss.__init__(self, model, tal_topk=tal_topk)
         self._init_kd(terms, alpha, conf_weight, connectors, max_ratio)
         if lad:
+            require("lad", "label assignment distillation (kd_lad=True, kd_recipe=lad)")
             self.assigner = TeacherAssigner(self.assigner)
 
     def loss(self, preds: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -119,6 +119,7 @@ def check_before_setup(given: Mapping[str, Any]) -> None:
     Raises:
         ValueError | FileNotFoundError: Naming the setting and the fix.
     """
+    from ultralytics_kd.compat import require
     from ultralytics_kd.deploy.int8 import is_int8
 
     check_kd_args(given)
@@ -139,6 +140,8 @@ def check_before_setup(given: Mapping[str, Any]) -> None:
             f"fills only a YAML teacher. Pass one file: teacher={weights}, or teacher=model.yaml "
             f"kd_teacher_weights={weights}"
         )
+    if is_int8(given.get("quantize")):
+        require("qat", "train quantize=8 (QAT)")
     if is_int8(given.get("quantize")) and not _own_data(given.get("data")):
         raise ValueError(
             "quantize=8 (QAT) calibrates its INT8 ranges on your training images: pass data=your_data.yaml. Without "

@@ -22,6 +22,7 @@ from ultralytics.nn.modules.head import Detect
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 
+from ultralytics_kd.compat import for_validation
 from ultralytics_kd.distill.settings import stock_args
 
 __all__ = [
@@ -263,7 +264,7 @@ def validate_teacher(model: nn.Module, dataloader, args: Any, save_dir: Path) ->
         args = copy(args)
     args.plots = args.save_json = False
     with preserved_rng():
-        metrics = _TeacherValidator(dataloader, save_dir=save_dir, args=args)(model=model)
+        metrics = _TeacherValidator(dataloader, save_dir=save_dir, args=args)(model=for_validation(model))
     if RANK > 0:
         return {}
     m95, m50 = metrics.get("metrics/mAP50-95(B)", 0.0), metrics.get("metrics/mAP50(B)", 0.0)

@@ -12,7 +12,9 @@ import functools
 import torch
 from torch import nn
 from ultralytics.nn import tasks
-from ultralytics.utils.torch_utils import fuse_conv_and_bn, is_qat
+from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+from ultralytics_kd.compat import is_qat
 
 __all__ = ["fuse_branches", "install_fuse_hook", "reparameterize", "unfused_blocks"]
 
