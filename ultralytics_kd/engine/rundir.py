@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ultralytics.cfg import get_cfg, get_save_dir
+from ultralytics.cfg import cfg2dict, get_cfg, get_save_dir
 from ultralytics.utils import RANK
 
 __all__ = ["discard_on_error", "new_run_dir"]
@@ -30,7 +30,8 @@ def new_run_dir(cfg: Any, overrides: dict[str, Any]) -> Path | None:
     """
     if overrides.get("resume") or RANK not in {-1, 0}:
         return None
-    planned = Path(get_save_dir(get_cfg(cfg, overrides)))
+    known = cfg2dict(cfg)  # keys the stock trainer pops or rejects itself (HUB's session, typos) play no part here
+    planned = Path(get_save_dir(get_cfg(cfg, {k: v for k, v in overrides.items() if k in known})))
     return None if planned.exists() else planned
 
 
