@@ -68,7 +68,7 @@ class CpuDDPTrainer(KDTrainer):
         super()._setup_train()
 
     def optimizer_step(self):
-        self.kd_steps.append({k: float(v) for k, v in self.loss_items.items() if k.startswith("kd")})
+        self.kd_steps.append({k: float(v) for k, v in self.loss_items.items() if k.startswith(("kd", "u"))})
         super().optimizer_step()
 
     def _do_train(self):
@@ -167,7 +167,12 @@ def test_worker_takes_the_launchers_start(data_yaml, teacher_pt, tiny, tmp_path)
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
 def test_two_rank_ddp_runs_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
-    """Both ranks run the launcher's mimic stage and take the teacher's head in step."""
+    """Both ranks run the launcher's mimic stage and take the teacher's head in step, each on its shard of the
+    unlabelled images too (unlabeled=: its own DDP loader)."""
+    unlabelled = tmp_path / "u"
+    unlabelled.mkdir()
+    for f in sorted((data_yaml.parent / "images" / "val").glob("*")):
+        shutil.copy(f, unlabelled / f"u{f.name}")
     with monkeypatch.context() as m:
         m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")
         if importlib.util.find_spec("cloudpickle") is None:
@@ -175,12 +180,13 @@ def test_two_rank_ddp_runs_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path
         m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
         YOLO(SHUFFLE).train(
             trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_mimic_epochs=1, epochs=2,
-            val=False, kd_teacher_check=False, project=str(tmp_path), name="ddp", **tiny,
+            val=False, kd_teacher_check=False, project=str(tmp_path), name="ddp", unlabeled=str(unlabelled), **tiny,
         )  # fmt: skip
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for r in ranks:
         assert r["start"] == "mimic" and r["transplanted"]
         assert r["kd_steps"][0]["kdmim_loss"] > 0  # the stage's imitation term trained the first epoch
+        assert r["kd_steps"][0]["umim_loss"] > 0  # on the rank's unlabelled images too
     a, b = ranks[0]["student"], ranks[1]["student"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
