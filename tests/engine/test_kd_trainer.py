@@ -416,6 +416,7 @@ def _no_batches(trainer):
         ({"kd_init": "copy"}, ValueError, "kd_init='copy' must be one of"),
         ({"kd_mimic_epochs": 0}, ValueError, "kd_mimic_epochs=0.0 must be > 0"),
         ({"kd_teacher_weights": "other.pt"}, ValueError, "is a checkpoint, which carries its own weights"),
+        ({"kd_off_last": True}, ValueError, "close_mosaic=10 epochs, which is every epoch of this 1-epoch run"),
     ],
 )
 def test_bad_settings_fail_before_anything_runs(kwargs, error, match, data_yaml, teacher_pt, tiny, tmp_path):

@@ -27,6 +27,8 @@ import torch
 from ultralytics.engine.exporter import Exporter
 from ultralytics.utils import LOGGER
 
+from ultralytics_kd.deploy.int8 import is_int8
+
 __all__ = ["INSTALL_HINT", "install_export_hook", "precision_api", "preflight", "require_tensorrt", "stamp"]
 
 INSTALL_HINT = 'pip install "ultralytics-kd[trt]"'
@@ -87,7 +89,7 @@ def preflight(args) -> None:
         )
     trt = require_tensorrt()
     quantize = getattr(args, "quantize", None)
-    if quantize == 8 and not getattr(args, "data", None):
+    if is_int8(quantize) and not getattr(args, "data", None):  # 8, "int8" and "w8a8" alike
         raise ValueError(
             "format=engine quantize=8 calibrates INT8 ranges on your images; pass data=your_data.yaml (its val split "
             "is used). The stock fallback would download a sample set, which this plugin does not allow"

@@ -129,6 +129,12 @@ def check_before_setup(given: Mapping[str, Any]) -> None:
     if not teacher:
         why = "; unlabeled= images learn from the teacher's outputs alone" if given.get("unlabeled") else ""
         raise ValueError(f"KDTrainer needs a teacher: pass teacher=path/to/teacher.pt (a trained detection model){why}")
+    epochs, closed = given.get("epochs"), given.get("close_mosaic")
+    if given.get("kd_off_last") and isinstance(epochs, int) and isinstance(closed, int) and 0 < epochs <= closed:
+        raise ValueError(
+            f"kd_off_last=True stops distilling in the last close_mosaic={closed} epochs, which is every epoch of "
+            f"this {epochs}-epoch run: set close_mosaic below {epochs}, or kd_off_last=False"
+        )
     if given.get("unlabeled") and given.get("rect"):
         raise ValueError(
             "rect=True gives each labelled batch its own shape, and unlabelled images join every batch at imgsz: "
