@@ -167,17 +167,18 @@ class _KDTerms:
         else:
             student = self._student(preds, kd)
             per_image = det.detach().sum() / n if n else None  # the cap's reference: the labelled images' loss
+            sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]  # anchors per Detect level
             vecs = [
-                self._terms(_take(student, sl, bs), _take(kd.teacher, sl, bs), kd, per_image)
+                self._terms(_take(student, sl, bs), _take(kd.teacher, sl, bs), kd, per_image, sizes)
+                if 0 < k < bs
+                else self._terms(student, kd.teacher, kd, per_image, sizes)
                 if k
                 else det.new_zeros(len(self.terms))
                 for sl, k, _ in parts
             ]
+        items = dict(items)  # the stock loss's dict stays as it returned it
         for (_, _, kind), vec in zip(parts, vecs):
-            items = {
-                **items,
-                **{unlabeled_item(t.item) if kind else t.item: v for t, v in zip(self.terms, vec.detach())},
-            }
+            items.update({unlabeled_item(t.item) if kind else t.item: v for t, v in zip(self.terms, vec.detach())})
         alpha = 0.0 if kd is not None and kd.mimic else self.alpha  # the mimic stage trains the features alone
         return torch.cat([det * alpha, *(vec * k for (_, k, _), vec in zip(parts, vecs))]), items
 
@@ -189,12 +190,16 @@ class _KDTerms:
         return {"scores": preds["scores"], "boxes": preds["boxes"], "feats": feats, "entries": entries}
 
     def _terms(
-        self, student: dict[str, Any], teacher: dict[str, Any], kd: KDBatch, det_per_image: torch.Tensor | None
+        self,
+        student: dict[str, Any],
+        teacher: dict[str, Any],
+        kd: KDBatch,
+        det_per_image: torch.Tensor | None,
+        sizes: list[int],
     ) -> torch.Tensor:
         """Evaluate every term in fp32 and apply schedule and cap (none without a detection loss to cap by)."""
         with torch.autocast(student["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
             conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
-            sizes = [f.shape[-2] * f.shape[-1] for f in student["feats"]] if student["feats"] else [conf.shape[1]]
             context = {
                 "anchor_weight": conf if self.conf_weight else None,
                 "teacher_conf": conf,
