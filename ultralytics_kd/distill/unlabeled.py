@@ -31,6 +31,11 @@ __all__ = ["UnlabeledStream", "find_unlabeled", "merge_unlabeled", "unlabeled_st
 LIST_NAME = "unlabeled.txt"  # the checked list, in the run folder: what the loader reads, and what a resume reuses
 
 
+def _images_in(folder: Path) -> list[str]:
+    """The image files under ``folder``, recursively, sorted (what Ultralytics reads from a folder source)."""
+    return sorted(str(f) for f in folder.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS)
+
+
 def _listed(path: Path) -> list[str]:
     """The entries of a ``.txt`` image list; ``./`` entries resolve relative to the list, as in Ultralytics."""
     lines = [x.strip() for x in path.read_text(encoding="utf-8-sig").splitlines() if x.strip()]
@@ -62,7 +67,7 @@ def find_unlabeled(source: str | Path | Sequence[str | Path] | None, data: dict[
         if not p.exists() and data.get("path") and (Path(data["path"]) / p).exists():
             p = Path(data["path"]) / p
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS)
+            found = _images_in(p)
             if not found:
                 raise ValueError(f"unlabeled='{s}' holds no images ({', '.join(sorted(IMG_FORMATS))}); check the path")
             files += found
@@ -104,7 +109,7 @@ def _train_files(data: dict[str, Any]) -> set[str]:
     for s in train if isinstance(train, (list, tuple)) else [train]:
         p = Path(str(s)) if s else None
         if p is not None and p.is_dir():
-            out |= {os.path.abspath(f) for f in p.rglob("*.*") if f.suffix[1:].lower() in IMG_FORMATS}
+            out |= {os.path.abspath(f) for f in _images_in(p)}
         elif p is not None and p.is_file() and p.suffix == ".txt":
             out |= {os.path.abspath(f) for f in _listed(p)}
     return out
