@@ -15,7 +15,7 @@ kd_u appends its unlabelled images to every labelled step, so plain, kd and kd_u
 epoch; pseudo and ceiling see L + U per epoch and take about k times as many.
 
     python benchmarks/unlabeled.py split --data ../shared/data/bccd/data.yaml --every 4
-    python benchmarks/unlabeled.py teacher --every 4 --epochs 100 --threads 2     # YOLOv9-s on L only
+    python benchmarks/unlabeled.py teacher --every 4 --epochs 100 --threads 2     # YOLOv9-s on L only (--resume: go on)
     python benchmarks/unlabeled.py run --arms plain,kd,kd_u --student yolov9t.yaml --seed 0 --threads 1
     python benchmarks/unlabeled.py table
     python benchmarks/unlabeled.py run --arms plain,kd_u,pseudo --epochs 1 --imgsz 160 --confs 0.25   # smoke
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--project", default=str(ROOT / "runs" / "unlabeled"))
+    p.add_argument("--resume", action="store_true", help="teacher: go on from the stopped teacher run's last.pt")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unlabeled.jsonl"))
     return p
 
@@ -117,8 +118,13 @@ def train_teacher(args) -> None:
     from ultralytics import YOLO
 
     data_l = split_dir(args) / "data_L.yaml"
-    model = YOLO(args.teacher_model)
-    model.train(data=str(data_l), **{**train_args(args, f"teacher-{split_dir(args).name}"), "seed": 0})
+    last = Path(args.project) / f"teacher-{split_dir(args).name}" / "weights" / "last.pt"
+    if args.resume and last.is_file():  # a teacher run that was stopped goes on from its last epoch
+        model = YOLO(last)
+        model.train(resume=True, workers=args.workers)
+    else:
+        model = YOLO(args.teacher_model)
+        model.train(data=str(data_l), **{**train_args(args, f"teacher-{split_dir(args).name}"), "seed": 0})
     row = {"arm": "teacher", "student": args.teacher_model, **score(model.trainer.best, data_l, args)}
     append(args, row, model.trainer)
 
