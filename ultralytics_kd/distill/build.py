@@ -1,7 +1,8 @@
 """What the trainer builds once the student exists: the terms of the recipe for this start, and the feature side.
 
 ``build_terms`` turns ``kd_recipe`` (and the start: a selected student or one with a mimic stage trains with the terms
-its recipe names for that case) into the list of terms; ``build_feature_side`` pairs student and teacher feature
+its recipe names for that case) into the list of terms, and ``kd_unlabeled_terms`` into what unlabelled images learn;
+``build_feature_side`` pairs student and teacher feature
 layers, measures their channels with one dummy pass and builds the adapters (connectors) of every feature term.
 """
 
@@ -19,6 +20,7 @@ from ultralytics_kd.distill.recipes import Recipe, get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.stage import MimicStage
 from ultralytics_kd.distill.start import Start
+from ultralytics_kd.distill.unlabeled_terms import UnlabeledPlan, plan_unlabeled
 
 __all__ = ["build_feature_side", "build_terms", "effective_recipe"]
 
@@ -47,7 +49,7 @@ def effective_recipe(args: Any, start: Start, stage: MimicStage | None) -> Recip
 
 def build_terms(
     args: Any, teacher: nn.Module, student: nn.Module, problems: list[str], start: Start, stage: MimicStage | None
-) -> tuple[list[KDTerm], float, bool | None, bool]:
+) -> tuple[list[KDTerm], float, bool | None, bool, UnlabeledPlan]:
     """The terms of the run, with what the pair or the settings rule out switched off or refused.
 
     Args:
@@ -59,7 +61,8 @@ def build_terms(
         stage (MimicStage | None): Its mimic stage; its imitation term leads the list.
 
     Returns:
-        (tuple[list[KDTerm], float, bool | None, bool]): The terms, ``alpha``, ``conf_weight`` and ``lad``.
+        (tuple[list[KDTerm], float, bool | None, bool, UnlabeledPlan]): The terms, ``alpha``, ``conf_weight``, ``lad``
+            and what unlabelled images learn (used where the run has some).
     """
     recipe = effective_recipe(args, start, stage)
     terms, alpha, conf_weight = recipe.build(
@@ -70,7 +73,8 @@ def build_terms(
         options=None if args.kd_cwd_norm is None else {"cwd": {"norm": args.kd_cwd_norm}},
     )
     t_bins, s_bins = teacher.model[-1].reg_max, student.model[-1].reg_max
-    if ("reg_max" in problems or s_bins == 1) and any(t.name == "ld" for t in terms):
+    ld_ok = "reg_max" not in problems and s_bins > 1
+    if not ld_ok and any(t.name == "ld" for t in terms):
         LOGGER.warning(
             f"{PREFIX} teacher reg_max={t_bins}, student reg_max={s_bins}: LD compares DFL bins (it needs the "
             f"same reg_max > 1 on both sides) and is switched off"
@@ -84,7 +88,9 @@ def build_terms(
         )
     if stage:  # the imitation term is the whole loss of the stage's epochs
         terms = [stage.term, *terms]
-    return terms, alpha, conf_weight, lad
+    tau = recipe.tau if args.kd_T is None else float(args.kd_T)
+    unlabeled = plan_unlabeled(args.kd_unlabeled_terms, args.kd_pseudo_conf, terms, tau, ld_ok)
+    return terms, alpha, conf_weight, lad, unlabeled
 
 
 def build_feature_side(

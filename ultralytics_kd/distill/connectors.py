@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from ultralytics.utils.torch_utils import unwrap_model
 
-__all__ = ["ChannelAdapter", "adapter_group", "build_connectors"]
+__all__ = ["ChannelAdapter", "adapter_group", "build_connectors", "clip_adapter_grads"]
 
 
 class ChannelAdapter(nn.Sequential):
@@ -75,3 +76,15 @@ def adapter_group(optimizer: Optimizer, student: nn.Module, params: Iterable[nn.
     template = next(g for g in optimizer.param_groups if any(p is ref for p in g["params"]))
     settings = {k: v for k, v in template.items() if k not in {"params", "use_muon", "param_group"}}
     return {**settings, "params": list(params), "param_group": "kd_adapter"}
+
+
+def clip_adapter_grads(connectors: nn.Module, scaler: Any, max_norm: float = 10.0) -> None:
+    """Clip the adapters' gradient norm as the stock step clips the student's (which does not see the adapters).
+
+    The stock step unscales AMP gradients itself and a second ``unscale_`` is an error, so the bound is scaled
+    instead: clipping scaled gradients at ``max_norm * scale`` equals clipping the unscaled ones at ``max_norm``.
+    """
+    params = [p for p in connectors.parameters() if p.grad is not None]
+    if params:
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm * scale)

@@ -29,7 +29,9 @@ from ultralytics.utils.tal import dist2bbox, make_anchors
 from ultralytics_kd.compat import require
 from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.losses.box import expected_sides
+from ultralytics_kd.distill.pseudo import pseudo_item, pseudo_targets
 from ultralytics_kd.distill.recorders import FeatureRecorder
+from ultralytics_kd.distill.unlabeled_terms import UnlabeledPlan
 
 __all__ = [
     "KDBatch",
@@ -115,35 +117,47 @@ def teacher_boxes(raw: torch.Tensor, feats: list[torch.Tensor], strides: torch.T
 
 def unlabeled_item(item: str) -> str:
     """The column of a term's value on unlabelled images: ``kdcls_loss`` -> ``ucls_loss`` (the progress bar's columns
-    are 11 characters wide)."""
+    are 11 characters wide); the stock loss on their pseudo-labels reports under ``pseudo.pseudo_item``."""
     return "u" + item.removeprefix("kd")
 
 
-def _take(x: Any, sl: slice, bs: int) -> Any:
-    """``x`` restricted to the images ``sl`` of a batch of ``bs``: tensors and lists of them, inside dicts too."""
+def _tensors(x: Any, fn) -> Any:
+    """``fn`` applied to every tensor of ``x``: tensors and lists of them, inside dicts too; anything else as is."""
     if isinstance(x, torch.Tensor):
-        return x[sl] if x.dim() and x.shape[0] == bs else x
+        return fn(x)
     if isinstance(x, dict):
-        return {k: _take(v, sl, bs) for k, v in x.items()}
+        return {k: _tensors(v, fn) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_take(v, sl, bs) for v in x)
+        return type(x)(_tensors(v, fn) for v in x)
     return x
+
+
+def _take(x: Any, sl: slice, bs: int) -> Any:
+    """``x`` restricted to the images ``sl`` of a batch of ``bs``."""
+    return _tensors(x, lambda v: v[sl] if v.dim() and v.shape[0] == bs else v)
 
 
 class _KDTerms:
     """The distillation half shared by the one-to-many and the end-to-end criteria."""
 
-    def _init_kd(self, terms, alpha, conf_weight, connectors, max_ratio) -> None:
+    def _init_kd(self, terms, alpha, conf_weight, connectors, max_ratio, unlabeled: UnlabeledPlan | None) -> None:
         self.terms = nn.ModuleList(terms)
-        items = [t.item for t in self.terms]
-        if len(set(items)) != len(items):
-            raise ValueError(f"two terms report under the same column: {items}")
+        # without a plan, an unlabelled image (in a hand-made batch) learns the recipe's terms, and its columns come
+        # only with it; a run with unlabelled images has their columns on every batch, which the trainer's first batch
+        # names (a warm-up's first batch has none)
+        self.u_terms = nn.ModuleList(unlabeled.terms) if unlabeled is not None else self.terms
+        self.pseudo_conf = unlabeled.pseudo_conf if unlabeled is not None else None
+        self.u_columns = unlabeled is not None
+        for ts in (self.terms, self.u_terms):
+            items = [t.item for t in ts]
+            if len(set(items)) != len(items):
+                raise ValueError(f"two terms report under the same column: {items}")
         self.alpha = float(alpha)
         self.conf_weight = conf_weight
         self.connectors = nn.ModuleDict(connectors or {})
         self.max_ratio = float(max_ratio)
         self._warned_epoch = None  # the last epoch a non-finite term was reported in
-        for t in self.terms:
+        for t in [*self.terms, *self.u_terms]:
             if t.source == "feats" and t.name not in self.connectors:
                 raise ValueError(f"feature term '{t.name}' needs connectors (one adapter per level)")
 
@@ -152,35 +166,55 @@ class _KDTerms:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Append the terms to the stock (loss vector * batch size, items) pair; ``preds`` is the one-to-many dict.
 
-        With unlabelled images (``KDBatch.n_labeled``), ``det`` covers the labelled images only, and each term is
-        evaluated on the labelled and on the unlabelled images apart, the latter under ``unlabeled_item(term.item)``.
+        With unlabelled images (``KDBatch.n_labeled``), ``det`` covers the labelled images only; the labelled images
+        learn the recipe's terms, the unlabelled ones their plan's (``unlabeled_terms.py``): terms under
+        ``unlabeled_item(term.item)``, the stock loss on pseudo-labels under ``pseudo_item``.
         """
         bs = preds["scores"].shape[0]
         kd: KDBatch | None = batch.get("kd")
         n = bs if kd is None or kd.n_labeled is None else kd.n_labeled
-        parts = [(slice(0, n), n, "")] + ([(slice(n, bs), bs - n, "u")] if kd is not None and n != bs else [])
-        if kd is None or kd.teacher is None or not len(self.terms):
+        parts = [(slice(0, n), n, [t.item for t in self.terms], list(self.terms), False)]
+        if self.u_columns or (kd is not None and n != bs):
+            pseudo = self.pseudo_conf is not None
+            names = [unlabeled_item(t.item) for t in self.u_terms]
+            names += [pseudo_item(k) for k in self._one2many().loss_names] if pseudo else []
+            parts.append((slice(n, bs), bs - n, names, list(self.u_terms), pseudo))
+        taught = kd is not None and kd.teacher is not None
+        if taught:
+            student, teacher = self._student(preds, kd), _tensors(kd.teacher, torch.Tensor.detach)  # a frozen teacher
+        else:
             for rec in (kd.student_recorder, kd.entry_recorder) if kd is not None else ():
                 if rec is not None:
                     rec.stop()
-            vecs = [det.new_zeros(len(self.terms)) for _ in parts]
-        else:
-            student = self._student(preds, kd)
-            per_image = det.detach().sum() / n if n else None  # the cap's reference: the labelled images' loss
-            sizes = [f.shape[-2] * f.shape[-1] for f in preds["feats"]]  # anchors per Detect level
-            vecs = [
-                self._terms(_take(student, sl, bs), _take(kd.teacher, sl, bs), kd, per_image, sizes)
-                if 0 < k < bs
-                else self._terms(student, kd.teacher, kd, per_image, sizes)
-                if k
-                else det.new_zeros(len(self.terms))
-                for sl, k, _ in parts
-            ]
-        items = dict(items)  # the stock loss's dict stays as it returned it
-        for (_, _, kind), vec in zip(parts, vecs):
-            items.update({unlabeled_item(t.item) if kind else t.item: v for t, v in zip(self.terms, vec.detach())})
+        items, vecs = dict(items), []  # the stock loss's dict stays as it returned it
+        per_image = det.detach().sum() / n if n else None  # the cap's reference: the labelled images' loss
+        for sl, k, names, terms, pseudo in parts:
+            if not (taught and k and names):
+                vec = det.new_zeros(len(names))
+            else:
+                whole = k == bs  # one kind fills the batch: no slicing
+                s, t = (student, teacher) if whole else (_take(student, sl, bs), _take(teacher, sl, bs))
+                extra = self._pseudo(preds if whole else _take(preds, sl, bs), t, kd) if pseudo else None
+                vec = self._terms(terms, names, s, t, kd, per_image, preds["feats"], extra)
+            items.update(zip(names, vec.detach()))
+            vecs.append(vec * k)
         alpha = 0.0 if kd is not None and kd.mimic else self.alpha  # the mimic stage trains the features alone
-        return torch.cat([det * alpha, *(vec * k for (_, k, _), vec in zip(parts, vecs))]), items
+        return torch.cat([det * alpha, *vecs]), items
+
+    def _one2many(self) -> v8DetectionLoss:
+        """The stock one-to-many loss: the criterion itself, or an end-to-end criterion's ``one2many``."""
+        return self if isinstance(self, v8DetectionLoss) else self.one2many
+
+    def _pseudo(self, preds: dict[str, Any], teacher: dict[str, Any], kd: KDBatch) -> torch.Tensor:
+        """The stock (box, cls, dfl) loss of ``preds`` on the teacher's boxes above ``pseudo_conf`` (``pseudo.py``),
+        not multiplied by the batch size; 0 in a mimic stage, which leaves the stock loss out."""
+        stock = self._one2many()
+        if kd.mimic:
+            return preds["scores"].new_zeros(len(stock.loss_names), dtype=torch.float32)
+        boxes = teacher_boxes(teacher["boxes"], preds["feats"], stock.stride)
+        h, w = (int(x * stock.stride[0]) for x in preds["feats"][0].shape[2:])  # as the stock loss derives imgsz
+        labels = pseudo_targets(teacher["scores"], boxes, (h, w), self.pseudo_conf)
+        return stock.get_assigned_targets_and_loss(preds, labels)[1].float()
 
     @staticmethod
     def _student(preds: dict[str, Any], kd: KDBatch) -> dict[str, Any]:
@@ -191,13 +225,18 @@ class _KDTerms:
 
     def _terms(
         self,
+        terms: list[KDTerm],
+        names: list[str],
         student: dict[str, Any],
         teacher: dict[str, Any],
         kd: KDBatch,
         det_per_image: torch.Tensor | None,
-        sizes: list[int],
+        detect_feats: list[torch.Tensor],
+        extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Evaluate every term in fp32 and apply schedule and cap (none without a detection loss to cap by)."""
+        """Evaluate ``terms`` in fp32, append ``extra`` (the pseudo-label loss), and apply schedule and cap (none
+        without a detection loss to cap by)."""
+        sizes = [f.shape[-2] * f.shape[-1] for f in detect_feats]  # anchors per Detect level
         with torch.autocast(student["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
             conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
             context = {
@@ -208,7 +247,7 @@ class _KDTerms:
                 "teacher_preds": teacher,
             }
             values = []
-            for term in self.terms:
+            for term in terms:
                 if (term.stage == "mimic") != kd.mimic:  # a term of the other stage reports 0
                     values.append(student["scores"].new_zeros((), dtype=torch.float32))
                     continue
@@ -216,12 +255,13 @@ class _KDTerms:
                 if term.source == "feats":
                     s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
                 values.append(term(s, t, **context))
-            vec = torch.stack(values) * kd.scale
+            vec = torch.cat([torch.stack(values) if values else conf.new_zeros(0), *([] if extra is None else [extra])])
+            vec = vec * kd.scale
         # a non-finite term stays in the loss: the stock trainer's NaN recovery reads the loss at the end of the epoch
         # and reloads last.pt, as for a non-finite detection loss; an exception here would end the run instead
         if not torch.isfinite(vec).all() and kd.epoch != self._warned_epoch:  # one host sync per batch for all terms
             self._warned_epoch = kd.epoch
-            bad = [(t.name, float(v)) for t, v in zip(self.terms, vec.detach()) if not torch.isfinite(v)]
+            bad = [(name, float(v)) for name, v in zip(names, vec.detach()) if not torch.isfinite(v)]
             LOGGER.warning(
                 f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
                 f"{bad}); the stock NaN recovery reloads last.pt after the epoch. If it recurs, lower kd_T/kd_weights "
@@ -248,6 +288,8 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
         max_ratio (float): Cap of each term relative to the detection loss; 0 disables the cap.
         lad (bool): Label assignment distillation: assign the student's targets from the teacher's predictions.
         tal_topk (int): Task-aligned assigner top-k, as for ``v8DetectionLoss``.
+        unlabeled (UnlabeledPlan, optional): What the unlabelled images of the run learn; None: the run has none (a
+            batch that has some anyway trains them on the recipe's terms).
 
     Examples:
         >>> from ultralytics.nn.tasks import DetectionModel
@@ -268,10 +310,11 @@ class KDDetectionLoss(_KDTerms, v8DetectionLoss):
         max_ratio: float = 0.0,
         lad: bool = False,
         tal_topk: int = 10,
+        unlabeled: UnlabeledPlan | None = None,
     ):
         """Build the stock loss and keep the terms."""
         v8DetectionLoss.__init__(self, model, tal_topk=tal_topk)
-        self._init_kd(terms, alpha, conf_weight, connectors, max_ratio)
+        self._init_kd(terms, alpha, conf_weight, connectors, max_ratio, unlabeled)
         if lad:
             require("lad", "label assignment distillation (kd_lad=True, kd_recipe=lad)")
             self.assigner = TeacherAssigner(self.assigner)
@@ -308,6 +351,7 @@ class KDE2ELoss(_KDTerms, E2ELoss):
         conf_weight (bool): Pass the teacher's per-anchor confidence to anchor-level terms.
         connectors (dict[str, nn.ModuleList], optional): Adapters per feature term name.
         max_ratio (float): Cap of each term relative to the detection loss; 0 disables the cap.
+        unlabeled (UnlabeledPlan, optional): As for ``KDDetectionLoss`` (``unlabeled=`` refuses end-to-end students).
     """
 
     def __init__(
@@ -318,10 +362,11 @@ class KDE2ELoss(_KDTerms, E2ELoss):
         conf_weight: bool = False,
         connectors: dict[str, nn.ModuleList] | None = None,
         max_ratio: float = 0.0,
+        unlabeled: UnlabeledPlan | None = None,
     ):
         """Build the stock end-to-end loss and keep the terms."""
         E2ELoss.__init__(self, model)
-        self._init_kd(terms, alpha, conf_weight, connectors, max_ratio)
+        self._init_kd(terms, alpha, conf_weight, connectors, max_ratio, unlabeled)
 
     def __call__(self, preds: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stock end-to-end loss plus the distillation terms on the one-to-many outputs."""
@@ -340,7 +385,7 @@ def install_criterion(model: nn.Module, terms: Sequence[KDTerm], *, lad: bool = 
         model (nn.Module): The unwrapped student.
         terms (Sequence[KDTerm]): The active terms.
         lad (bool): Assign the student's targets from the teacher (one-to-many heads only).
-        **kwargs: ``alpha``, ``conf_weight``, ``connectors``, ``max_ratio`` of the criterion.
+        **kwargs: ``alpha``, ``conf_weight``, ``connectors``, ``max_ratio``, ``unlabeled`` of the criterion.
     """
     end2end = getattr(model.model[-1], "one2one_cv2", None) is not None
     resumed = getattr(model, "criterion", None)

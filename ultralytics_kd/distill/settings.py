@@ -13,6 +13,7 @@ from typing import Any
 from ultralytics.utils import YAML
 
 from ultralytics_kd.distill.recipes import _expand_weights, get_recipe
+from ultralytics_kd.distill.unlabeled_terms import UNLABELED_TERMS
 
 __all__ = [
     "INIT_MODES",
@@ -85,6 +86,13 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         raise ValueError(f"kd_mimic_epochs={m} must be > 0 (epochs, or a fraction of epochs below 1), e.g. 0.25")
     if (r := _number(args, "kd_unlabeled_ratio")) is not None and r <= 0:
         raise ValueError(f"kd_unlabeled_ratio={r} must be > 0 (unlabelled images per labelled one), e.g. 1.0")
+    if (c := _number(args, "kd_pseudo_conf")) is None or not 0.0 < c < 1.0:
+        raise ValueError(f"kd_pseudo_conf={c} must be in (0, 1) (a teacher box's confidence), e.g. kd_pseudo_conf=0.5")
+    if (ut := args["kd_unlabeled_terms"]) is not None and ut not in UNLABELED_TERMS:
+        raise ValueError(
+            f"kd_unlabeled_terms={ut!r} must be one of {list(UNLABELED_TERMS)} (what unlabelled images learn), e.g. "
+            f"kd_unlabeled_terms=dense"
+        )
     u = args["unlabeled"]
     if u is not None and not (isinstance(u, (str, Path)) or isinstance(u, (list, tuple)) and u):
         raise ValueError(f"unlabeled={u!r} must be a folder, a .txt list of images, or a list of these")

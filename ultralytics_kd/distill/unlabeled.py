@@ -234,8 +234,10 @@ def unlabeled_stream(trainer: Any) -> UnlabeledStream | None:
         data=trainer.data,
     )
     loader = build_dataloader(dataset, batch, a.workers, shuffle=True, rank=LOCAL_RANK, device=trainer.device)
+    plan = getattr(trainer, "kd_unlabeled_plan", None)  # distill/unlabeled_terms.py
     LOGGER.info(
         f"{colorstr('KD:')} {len(files)} unlabelled images ({trainer.args.unlabeled}): {batch} beside every labelled "
-        f"batch; they learn from the teacher only (columns u*_loss)"
+        f"batch; they learn from the teacher only (columns u*_loss), "
+        + (plan.describe() if plan is not None else "on the recipe's terms")
     )
     return UnlabeledStream(loader)

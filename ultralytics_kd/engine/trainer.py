@@ -33,7 +33,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fine_tune
 from ultralytics_kd.distill.build import build_feature_side, build_terms
-from ultralytics_kd.distill.connectors import adapter_group
+from ultralytics_kd.distill.connectors import adapter_group, clip_adapter_grads
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
@@ -70,6 +70,7 @@ class KDTrainer(DetectionTrainer):
         kd_start (Start): How the student started (``kd_init``), and why not otherwise.
         kd_stage (MimicStage | None): The mimic stage, for a student that imitates the teacher's features for
             ``kd_mimic_epochs`` epochs, then takes its head (``kd_init=mimic``, or ``auto`` for another family).
+        kd_unlabeled_plan (UnlabeledPlan): What unlabelled images learn (``kd_unlabeled_terms``), where there are some.
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
@@ -148,7 +149,7 @@ class KDTrainer(DetectionTrainer):
         student, a, stage = self.model, self.args, self.kd_stage
         problems = check_pair(self.teacher.model, student)
         check_qat_start(a.quantize, stage is not None)
-        terms, self.kd_alpha, self.kd_conf_weight, self.kd_lad = build_terms(
+        terms, self.kd_alpha, self.kd_conf_weight, self.kd_lad, self.kd_unlabeled_plan = build_terms(
             a, self.teacher.model, student, problems, self.kd_start, stage
         )
         self.kd_terms = terms
@@ -217,6 +218,7 @@ class KDTrainer(DetectionTrainer):
             connectors=dict(self.kd_connectors),
             max_ratio=self.args.kd_max_ratio,
             lad=self.kd_lad,
+            unlabeled=self.kd_unlabeled_plan if self._kd_unlabeled is not None else None,
         )
         if self.args.kd_teacher_check:  # on every rank: under DDP the stock validator shards and gathers across ranks
             self.kd_teacher_metrics = validate_teacher(self.teacher.model, self.test_loader, self.args, self.save_dir)
@@ -236,9 +238,10 @@ class KDTrainer(DetectionTrainer):
             return super().preprocess_batch(batch)
         i = self._kd_batch
         mimic, scale = batch_scale(self.args, self.epoch, i, len(self.train_loader), self.epochs, self.kd_stage)
-        active = [t for t in self.kd_terms if (t.stage == "mimic") == mimic] or (self.kd_lad and not mimic)
+        unl = self._kd_unlabeled is not None and self.kd_unlabeled_plan.active(mimic)
+        active = any((t.stage == "mimic") == mimic for t in self.kd_terms) or (self.kd_lad and not mimic) or unl
         teacher, student_rec, entry_rec, n_labeled = None, None, None, None
-        if scale > 0 and active and self._kd_unlabeled is not None:  # only a teacher teaches on unlabelled images
+        if scale > 0 and unl:  # only a teacher teaches on unlabelled images
             batch, n_labeled = merge_unlabeled(batch, next(self._kd_unlabeled))
         batch = super().preprocess_batch(batch)
         s_entries, t_entries = self._kd_entry_recs if mimic else (None, None)
@@ -276,15 +279,8 @@ class KDTrainer(DetectionTrainer):
         super().optimizer_step()
 
     def clip_adapter_grads(self, max_norm: float = 10.0) -> None:
-        """Clip the adapters' gradient norm as the stock step clips the student's (which does not see the adapters).
-
-        The stock step unscales AMP gradients itself and a second ``unscale_`` is an error, so the bound is scaled
-        instead: clipping scaled gradients at ``max_norm * scale`` equals clipping the unscaled ones at ``max_norm``.
-        """
-        params = [p for p in self.kd_connectors.parameters() if p.grad is not None]
-        if params:
-            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-            torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm * scale)
+        """Clip the adapters' gradients (``connectors.clip_adapter_grads``)."""
+        clip_adapter_grads(self.kd_connectors, self.scaler, max_norm)
 
     # checkpoints ------------------------------------------------------------------------------------------------------
     def _load_checkpoint_state(self, ckpt: dict) -> None:
