@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 from pathlib import Path
 
@@ -77,6 +78,26 @@ def test_unlabelled_images_train_from_the_teacher_only(data_yaml, teacher_pt, ti
     rows = list(csv.DictReader((tmp_path / "run" / "results.csv").open()))
     assert float(rows[0]["train/usl2_loss"]) > 0 and float(rows[0]["train/kdsl2_loss"]) > 0
     assert (tmp_path / "run" / LIST_NAME).read_text().split() == sorted(map(str, files))
+
+
+def test_dense_and_pseudo_columns_reach_results_csv(data_yaml, teacher_pt, tiny, tmp_path):
+    """kd_unlabeled_terms=dense+pseudo: the unlabelled images learn the recipe's feature term (sl2, the selected
+    student's), cls_bce and ld, and the stock loss on the teacher's boxes; every column is in results.csv and finite,
+    though the warm-up's first batch (no teacher, no unlabelled image) is the one that names the columns."""
+    _unlabelled(data_yaml, tmp_path / "u")
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
+        kd_unlabeled_terms="dense+pseudo", kd_pseudo_conf=0.01, kd_warmup=0.5, kd_teacher_check=False, epochs=1,
+        project=str(tmp_path), name="dp", **tiny,
+    )  # fmt: skip
+    plan = model.trainer.kd_unlabeled_plan
+    assert plan.mode == "dense+pseudo" and plan.chosen and [t.name for t in plan.terms] == ["sl2", "cls_bce", "ld"]
+    row = next(csv.DictReader((tmp_path / "dp" / "results.csv").open()))
+    cols = ["usl2_loss", "ucls_loss", "uld_loss", "upbox_loss", "upcls_loss", "updfl_loss"]
+    assert all(math.isfinite(float(row[f"train/{c}"])) for c in cols), row
+    assert float(row["train/ucls_loss"]) > 0 and float(row["train/upcls_loss"]) > 0
+    assert "train/kdcls_loss" not in row and "train/kdsl2_loss" in row  # the labelled images keep the recipe's term
 
 
 def test_unlabelled_bad_input_stops_before_training(data_yaml, teacher_pt, tiny, tmp_path):

@@ -237,7 +237,7 @@ def unlabeled_stream(trainer: Any) -> UnlabeledStream | None:
     plan = getattr(trainer, "kd_unlabeled_plan", None)  # distill/unlabeled_terms.py
     LOGGER.info(
         f"{colorstr('KD:')} {len(files)} unlabelled images ({trainer.args.unlabeled}): {batch} beside every labelled "
-        f"batch; they learn from the teacher only (columns u*_loss), "
-        + (plan.describe() if plan is not None else "on the recipe's terms")
+        f"batch; they learn from the teacher only, under columns u*_loss: "
+        + (plan.describe() if plan is not None else "the recipe's terms")
     )
     return UnlabeledStream(loader)

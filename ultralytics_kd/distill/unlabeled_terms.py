@@ -60,9 +60,9 @@ class UnlabeledPlan:
         how = "set" if self.chosen else "the default, provisional until measured"
         what = [t.name for t in self.terms]
         if self.pseudo_conf is not None:
-            what.append(f"pseudo-labels (teacher boxes above conf {self.pseudo_conf:g}, stock loss, columns up*_loss)")
-        off = f"; {', '.join(self.left_out)} off (teacher and student DFL bins differ)" if self.left_out else ""
-        return f"kd_unlabeled_terms={self.mode} ({how}): {' + '.join(what) or 'nothing'}{off}"
+            what.append(f"the stock loss on the teacher's boxes above conf {self.pseudo_conf:g} (up*_loss)")
+        off = f"; {', '.join(self.left_out)} off: teacher and student DFL bins differ" if self.left_out else ""
+        return f"{' + '.join(what) or 'nothing'} (kd_unlabeled_terms={self.mode}: {how}{off})"
 
 
 def plan_unlabeled(
