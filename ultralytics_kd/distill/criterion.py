@@ -235,7 +235,7 @@ class _KDTerms:
         extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Evaluate ``terms`` in fp32, append ``extra`` (the pseudo-label loss), and apply schedule and cap (none
-        without a detection loss to cap by)."""
+        without a detection loss to cap by); ``names`` are the columns of both, for the warning."""
         sizes = [f.shape[-2] * f.shape[-1] for f in detect_feats]  # anchors per Detect level
         with torch.autocast(student["scores"].device.type, enabled=False):  # KD on soft targets needs fp32 under AMP
             conf = teacher["scores"].float().sigmoid().amax(1)  # (B, A): teacher's max class probability
@@ -261,7 +261,8 @@ class _KDTerms:
         # and reloads last.pt, as for a non-finite detection loss; an exception here would end the run instead
         if not torch.isfinite(vec).all() and kd.epoch != self._warned_epoch:  # one host sync per batch for all terms
             self._warned_epoch = kd.epoch
-            bad = [(name, float(v)) for name, v in zip(names, vec.detach()) if not torch.isfinite(v)]
+            labels = [t.name for t in terms] + names[len(terms) :]  # the pseudo-labels' loss by its columns
+            bad = [(name, float(v)) for name, v in zip(labels, vec.detach()) if not torch.isfinite(v)]
             LOGGER.warning(
                 f"KD term {bad[0][0]!r} is {bad[0][1]} at epoch {kd.epoch + 1}, batch {kd.index} (non-finite terms: "
                 f"{bad}); the stock NaN recovery reloads last.pt after the epoch. If it recurs, lower kd_T/kd_weights "
