@@ -2,8 +2,8 @@
 
 ``build_terms`` turns ``kd_recipe`` (and the start: a selected student or one with a mimic stage trains with the terms
 its recipe names for that case) into the list of terms, and ``kd_unlabeled_terms`` into what unlabelled images learn;
-``build_feature_side`` pairs student and teacher feature
-layers, measures their channels with one dummy pass and builds the adapters (connectors) of every feature term.
+``build_feature_side`` pairs student and teacher feature layers, measures their channels with one dummy pass and
+builds the adapters (connectors) of every feature term.
 """
 
 from __future__ import annotations
