@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kd_gain import ROOT, build_parser, run_kwargs  # noqa: E402
+from kd_gain import ROOT, build_parser, run_kwargs, start_weights  # noqa: E402
 
 
 class _Done(Exception):
@@ -48,7 +48,7 @@ def grad_norms(name: str, args, probe_epochs: int) -> list[float]:
             raise _Done
 
     probe = type(f"Grad{base.__name__}", (base,), {"optimizer_step": optimizer_step})
-    model = YOLO(args.student)
+    model = YOLO(start_weights(args) or args.student)  # --continue-from: a student with weights of its own
     model.add_callback("on_train_epoch_end", stop)
     try:
         model.train(

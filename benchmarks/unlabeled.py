@@ -8,7 +8,8 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
     kd        the default distillation on L
     pseudo    the stock baseline: the teacher labels U with stock predict(save_txt=True, conf=c) for c in --confs,
               the student trains plainly on L + those labels; the conf with the best val mAP is the arm's figure
-    kd_u      the default distillation on L with unlabeled=U (the plugin's path)
+    kd_u      the default distillation on L with unlabeled=U (the plugin's path); kd_u:CHOICE sets
+              kd_unlabeled_terms=CHOICE (dense, pseudo, dense+pseudo, recipe), e.g. kd_u:pseudo
     ceiling   the student on L + U with U's real labels (the dataset's whole train split)
 
 kd_u appends its unlabelled images to every labelled step, so plain, kd and kd_u take the same optimizer steps per
@@ -193,8 +194,10 @@ def run_arm(args, arm: str) -> dict:
     if arm in {"plain", "ceiling"}:
         return run_one(args, arm, data_l if arm == "plain" else Path(args.data), stamp)
     kw = {"trainer": KDTrainer, "teacher": teacher_path(args)}
-    if arm == "kd_u":
+    if arm.startswith("kd_u"):
         kw["unlabeled"] = str(base / "U/images")
+        if ":" in arm:
+            kw["kd_unlabeled_terms"] = arm.partition(":")[2]
     return run_one(args, arm, data_l, stamp, **kw)
 
 
@@ -203,7 +206,8 @@ def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
 
     model = YOLO(args.student)
     t0 = time.perf_counter()
-    model.train(data=str(data), **train_args(args, f"{arm}-{Path(args.student).stem}-s{args.seed}-{stamp}"), **kw)
+    name = f"{arm.replace(':', '-')}-{Path(args.student).stem}-s{args.seed}-{stamp}"
+    model.train(data=str(data), **train_args(args, name), **kw)
     trainer = model.trainer
     steps = args.epochs * math.ceil(len(trainer.train_loader.dataset) / trainer.batch_size)
     row = {"arm": arm, "student": args.student, "steps": steps, "wall_s": time.perf_counter() - t0}
@@ -232,7 +236,8 @@ def print_table(args) -> None:
     latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r["arm"], r["seed"]): r for r in rows}
     settings = sorted({k[:4] for k in latest if k[4] != "teacher"}, key=str)
     for setting in settings:
-        arms = {a: [r for k, r in latest.items() if k[:4] == setting and k[4] == a] for a in ARMS}
+        names = [*ARMS, *sorted({k[4] for k in latest if k[4] not in ARMS and k[4] != "teacher"})]  # kd_u:CHOICE
+        arms = {a: [r for k, r in latest.items() if k[:4] == setting and k[4] == a] for a in names}
         print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs, imgsz {setting[3]}")
         print("| arm | seeds | test mAP50-95 | by seed | vs plain | vs kd | vs pseudo | share of plain->ceiling |")
         print("|---|---|---|---|---|---|---|---|")
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         train_teacher(args)
     else:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-        if bad := [a for a in arms if a not in ARMS]:
+        if bad := [a for a in arms if a not in ARMS and not a.startswith("kd_u:")]:
             raise SystemExit(f"unknown arm(s) {bad}; choose from {ARMS}")
         if any(a in {"kd", "pseudo", "kd_u"} for a in arms) and not Path(teacher_path(args)).is_file():
             raise SystemExit(f"no teacher at {teacher_path(args)}: run the 'teacher' step first, or pass --teacher")

@@ -235,3 +235,22 @@ def test_lad_assigns_from_the_teacher(pair):
     # gradients still flow into the student only through the stock loss; without a teacher LAD is the stock loss
     without = float(lad(preds, pair.batch)[0].detach().sum())
     assert without == pytest.approx(float(stock(preds, pair.batch)[0].detach().sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("settling", [False, True])
+def test_settling_feature_terms_train_only_their_adapters(pair, settling):
+    """While a student with weights of its own settles in, a feature term's gradient reaches its adapters and never
+    the student's features; afterwards it reaches both."""
+    from ultralytics_kd.distill.losses import FeatureMSE
+
+    connectors = _connectors(pair, "feat_mse")
+    crit = KDDetectionLoss(pair.student, [FeatureMSE()], alpha=0.0, connectors=connectors, max_ratio=0.0)
+    preds = _student_preds(pair)
+    for f in preds["feats"]:
+        f.retain_grad()
+    total, _ = crit(preds, {**pair.batch, "kd": KDBatch(pair.t_out, settling=settling)})
+    total.sum().backward()
+    feat_grad = sum(float(f.grad.abs().sum()) for f in preds["feats"])
+    adapter_grad = sum(float(p.grad.abs().sum()) for p in connectors["feat_mse"].parameters())
+    assert adapter_grad > 0
+    assert (feat_grad == 0.0) if settling else (feat_grad > 0)

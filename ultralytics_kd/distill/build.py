@@ -22,7 +22,7 @@ from ultralytics_kd.distill.stage import MimicStage
 from ultralytics_kd.distill.start import Start
 from ultralytics_kd.distill.unlabeled_terms import UnlabeledPlan, plan_unlabeled
 
-__all__ = ["build_feature_side", "build_terms", "effective_recipe"]
+__all__ = ["build_feature_side", "build_terms", "describe_run", "effective_recipe"]
 
 PREFIX = colorstr("KD:")
 
@@ -144,3 +144,21 @@ def build_feature_side(
     s_out = s_rec if args.kd_feat_layers else None
     t_out = t_rec if args.kd_feat_layers or args.kd_teacher_feat_layers else None
     return nn.ModuleDict(connectors).to(device), s_out, t_out
+
+
+def describe_run(
+    args: Any, terms: list[KDTerm], alpha: float, conf_weight: bool | None, lad: bool, init: str, stage: Any
+) -> str:
+    """The start-of-training line: teacher, recipe, terms and their settings, the start's stage and any settling."""
+    return (
+        f"{PREFIX} teacher {args.teacher}, recipe '{args.kd_recipe}': alpha={alpha:g}, terms ["
+        + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
+        + f"], conf_weight={conf_weight}, max_ratio={args.kd_max_ratio:g}, lad={lad}, init={init}"
+        + (f", mimic stage: epochs 1-{stage.epochs}" if stage else "")
+        + (
+            f", settling for {args.kd_settle:g} epochs (a student with weights of its own: the terms ramp in from 0 "
+            f"and the feature terms train only their adapters)"
+            if args.kd_settle
+            else ""
+        )
+    )

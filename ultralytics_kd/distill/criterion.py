@@ -62,6 +62,8 @@ class KDBatch:
         n_labeled (int | None): With ``unlabeled=``: the batch's first ``n_labeled`` images have labels, the rest have
             none (``distill/unlabeled.py``); the stock loss reads the first ones only, and every term reports on
             each kind apart. None: every image is labelled.
+        settling (bool): A student with weights of its own is settling in (``schedule.settle_epochs``): the feature
+            terms read its features detached, so that only their adapters learn.
     """
 
     teacher: dict[str, Any] | None
@@ -72,6 +74,7 @@ class KDBatch:
     mimic: bool = False
     entry_recorder: FeatureRecorder | None = None
     n_labeled: int | None = None
+    settling: bool = False
 
 
 class TeacherAssigner(nn.Module):
@@ -253,7 +256,10 @@ class _KDTerms:
                     continue
                 s, t = student[term.source], teacher[term.source]
                 if term.source == "feats":
-                    s = [c(x.float()) for c, x in zip(self.connectors[term.name], s)]
+                    s = [
+                        c(x.float().detach() if kd.settling else x.float())
+                        for c, x in zip(self.connectors[term.name], s)
+                    ]
                 values.append(term(s, t, **context))
             vec = torch.cat([torch.stack(values) if values else conf.new_zeros(0), *([] if extra is None else [extra])])
             vec = vec * kd.scale

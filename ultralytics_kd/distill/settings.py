@@ -96,9 +96,9 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
     u = args["unlabeled"]
     if u is not None and not (isinstance(u, (str, Path)) or isinstance(u, (list, tuple)) and u):
         raise ValueError(f"unlabeled={u!r} must be a folder, a .txt list of images, or a list of these")
-    for key in ("kd_warmup", "kd_decay", "kd_max_ratio"):
+    for key in ("kd_warmup", "kd_settle", "kd_decay", "kd_max_ratio"):
         if (v := _number(args, key)) is not None and v < 0:
-            raise ValueError(f"{key}={v} must be >= 0, e.g. {key}={KD_DEFAULTS[key]}")
+            raise ValueError(f"{key}={v} must be >= 0, e.g. {key}={KD_DEFAULTS[key] if key != 'kd_settle' else 3}")
     recipe = get_recipe(args["kd_recipe"])
     w = args["kd_weights"]
     if isinstance(w, str):

@@ -32,12 +32,12 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fine_tune
-from ultralytics_kd.distill.build import build_feature_side, build_terms
+from ultralytics_kd.distill.build import build_feature_side, build_terms, describe_run
 from ultralytics_kd.distill.connectors import adapter_group, clip_adapter_grads
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
-from ultralytics_kd.distill.schedule import batch_scale
+from ultralytics_kd.distill.schedule import batch_scale, settle_epochs
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_compile, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
@@ -153,6 +153,7 @@ class KDTrainer(DetectionTrainer):
             a, self.teacher.model, student, problems, self.kd_start, stage
         )
         self.kd_terms = terms
+        a.kd_settle = settle_epochs(a, self.kd_start.kept)  # resolved once: a resumed run reads it from its checkpoint
         if any(t.source == "feats" for t in terms):
             self.kd_connectors, self._kd_student_rec, self._kd_teacher_rec = build_feature_side(
                 a, student, self.teacher, terms, self.data["channels"], self.device
@@ -160,12 +161,7 @@ class KDTrainer(DetectionTrainer):
         if stage and stage.graft:  # the backbone outputs that the grafted layers read, on both sides
             s_layers, t_layers = zip(*stage.graft.entries)
             self._kd_entry_recs = FeatureRecorder(student, s_layers), FeatureRecorder(self.teacher.model, t_layers)
-        LOGGER.info(
-            f"{PREFIX} teacher {a.teacher}, recipe '{a.kd_recipe}': alpha={self.kd_alpha:g}, terms ["
-            + ", ".join(f"{t.name}(w={t.weight:g}, T={t.tau:g})" for t in terms)
-            + f"], conf_weight={self.kd_conf_weight}, max_ratio={a.kd_max_ratio:g}, lad={self.kd_lad}, "
-            f"init={self._kd_init_mode}" + (f", mimic stage: epochs 1-{stage.epochs}" if stage else "")
-        )
+        LOGGER.info(describe_run(a, terms, self.kd_alpha, self.kd_conf_weight, self.kd_lad, self._kd_init_mode, stage))
 
     def get_validator(self):
         """The stock validator, built from the args without the distillation keys it would reject."""
@@ -237,7 +233,9 @@ class KDTrainer(DetectionTrainer):
         if not unwrap_model(self.model).training:  # e.g. QAT calibration passes: no loss, no teacher
             return super().preprocess_batch(batch)
         i = self._kd_batch
-        mimic, scale = batch_scale(self.args, self.epoch, i, len(self.train_loader), self.epochs, self.kd_stage)
+        mimic, scale, settling = batch_scale(
+            self.args, self.epoch, i, len(self.train_loader), self.epochs, self.kd_stage
+        )
         unl = self._kd_unlabeled is not None and self.kd_unlabeled_plan.active(mimic)
         active = any((t.stage == "mimic") == mimic for t in self.kd_terms) or (self.kd_lad and not mimic) or unl
         teacher, student_rec, entry_rec, n_labeled = None, None, None, None
@@ -255,7 +253,7 @@ class KDTrainer(DetectionTrainer):
                 entry_rec = s_entries.start()
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
-        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled)
+        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled, settling)
         return batch
 
     def _close_dataloader_mosaic(self):
