@@ -815,18 +815,3 @@ def test_missing_gpus_give_the_stock_error(data_yaml, teacher_pt, tiny, tmp_path
     args = {**tiny, "device": "0,1"}
     with pytest.raises(ValueError, match=r"Invalid CUDA 'device=0,1' requested"):
         KDTrainer(overrides=dict(model="yolov8n.yaml", teacher=str(teacher_pt), data=str(data_yaml), **args))
-
-
-def test_a_student_with_weights_of_its_own_settles_in(data_yaml, teacher_pt, tiny, tmp_path, untrained):
-    """kd_settle is resolved once per run: the warm-up epochs for a student with weights of its own, 0 from scratch,
-    and the value is what the checkpoint records (a resume reads its settings from there)."""
-
-    own = untrained("yolov8n.yaml", tmp_path / "own.pt")
-    args = dict(trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), epochs=1, val=False,
-                kd_teacher_check=False, warmup_epochs=2, project=str(tmp_path), **tiny)  # fmt: skip
-    for name, start, settle in (("own", str(own), 2.0), ("scratch", "yolov8n.yaml", 0.0)):
-        model = YOLO(start)
-        model.train(name=name, **args)
-        assert model.trainer.args.kd_settle == settle
-        ckpt = torch.load(tmp_path / name / "weights" / "last.pt", weights_only=False)
-        assert ckpt["kd"]["settings"]["kd_settle"] == settle

@@ -156,8 +156,8 @@ def describe_run(
         + f"], conf_weight={conf_weight}, max_ratio={args.kd_max_ratio:g}, lad={lad}, init={init}"
         + (f", mimic stage: epochs 1-{stage.epochs}" if stage else "")
         + (
-            f", settling for {args.kd_settle:g} epochs (a student with weights of its own: the terms ramp in from 0 "
-            f"and the feature terms train only their adapters)"
+            f", settling for {args.kd_settle:g} epochs (the terms ramp in from 0 and the feature terms train only "
+            f"their adapters)"
             if args.kd_settle
             else ""
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["batch_scale", "kd_scale", "settle_epochs"]
+__all__ = ["batch_scale", "kd_scale"]
 
 
 def kd_scale(
@@ -37,24 +37,12 @@ def kd_scale(
     return scale
 
 
-def settle_epochs(args: Any, kept: bool) -> float:
-    """Epochs in which a student with weights of its own settles in: ``kd_settle``, else the stock warm-up's
-    ``warmup_epochs`` for such a student (``kept``) and 0 for any other.
-
-    While it settles, every term ramps in from 0 (as ``kd_warmup``) and the feature terms train only their adapters: a
-    fresh adapter is a random projection, and pulling a trained student's features through it moves them away from what
-    its head reads (a scratch student has no such features to lose, so it gets no settling by default).
-    """
-    if args.kd_settle is not None:
-        return float(args.kd_settle)
-    return float(args.warmup_epochs) if kept else 0.0
-
-
 def batch_scale(
     args: Any, epoch: int, i: int, batches: int, epochs: int, stage: Any = None
 ) -> tuple[bool, float, bool]:
     """Whether batch ``i`` of ``epoch`` belongs to a mimic stage, the multiplier of its terms, and whether the feature
-    terms train their adapters only (the student settling in, ``settle_epochs``; ``args.kd_settle`` is resolved).
+    terms train their adapters only (the first ``kd_settle`` epochs: a fresh adapter is a random projection, and a
+    student's trained features pulled through it move away from what its head reads).
 
     The stage's imitation term is the whole loss, at full strength; after it (or without one) ``kd_scale`` applies
     ``kd_warmup`` (or the settling, if longer), ``kd_decay`` and ``kd_off_last`` (which stops distilling in the last

@@ -98,7 +98,7 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         raise ValueError(f"unlabeled={u!r} must be a folder, a .txt list of images, or a list of these")
     for key in ("kd_warmup", "kd_settle", "kd_decay", "kd_max_ratio"):
         if (v := _number(args, key)) is not None and v < 0:
-            raise ValueError(f"{key}={v} must be >= 0, e.g. {key}={KD_DEFAULTS[key] if key != 'kd_settle' else 3}")
+            raise ValueError(f"{key}={v} must be >= 0, e.g. {key}={KD_DEFAULTS[key]}")
     recipe = get_recipe(args["kd_recipe"])
     w = args["kd_weights"]
     if isinstance(w, str):

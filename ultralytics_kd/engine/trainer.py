@@ -37,7 +37,7 @@ from ultralytics_kd.distill.connectors import adapter_group, clip_adapter_grads
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
-from ultralytics_kd.distill.schedule import batch_scale, settle_epochs
+from ultralytics_kd.distill.schedule import batch_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_compile, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
@@ -153,7 +153,6 @@ class KDTrainer(DetectionTrainer):
             a, self.teacher.model, student, problems, self.kd_start, stage
         )
         self.kd_terms = terms
-        a.kd_settle = settle_epochs(a, self.kd_start.kept)  # resolved once: a resumed run reads it from its checkpoint
         if any(t.source == "feats" for t in terms):
             self.kd_connectors, self._kd_student_rec, self._kd_teacher_rec = build_feature_side(
                 a, student, self.teacher, terms, self.data["channels"], self.device
