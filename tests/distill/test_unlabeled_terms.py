@@ -138,8 +138,10 @@ def test_dense_adds_class_scores_and_bins_on_unlabelled_images_only():
     teacher["scores"] = torch.randn_like(preds["scores"])
     ch = [f.shape[1] for f in preds["feats"]]
     kl, mse = ClassKL(tau=2.0), FeatureMSE()
-    plan = plan_unlabeled(None, 0.5, [kl, mse], tau=2.0)
-    assert DEFAULT_UNLABELED_TERMS == "dense" and plan.mode == "dense" and not plan.chosen
+    default = plan_unlabeled(None, 0.5, [kl, mse], tau=2.0)
+    assert default.mode == DEFAULT_UNLABELED_TERMS and not default.chosen
+    plan = plan_unlabeled("dense", 0.5, [kl, mse], tau=2.0)
+    assert plan.mode == "dense" and plan.chosen
     assert [t.name for t in plan.terms] == ["feat_mse", "cls_bce", "ld"] and plan.terms[0] is mse
     adapters = {"feat_mse": build_connectors(ch, ch, mse.connector)}
     crit = KDDetectionLoss(model, [kl, mse], max_ratio=0.0, connectors=adapters, unlabeled=plan)
@@ -166,7 +168,7 @@ def test_the_plans_terms():
     assert pseudo.terms == [] and pseudo.active(mimic=False) and not pseudo.active(mimic=True)
     recipe = plan_unlabeled("recipe", 0.5, [ld, mse], tau=2.0)
     assert recipe.terms == [ld, mse] and recipe.pseudo_conf is None
-    assert "provisional" in plan_unlabeled(None, 0.5, [], tau=2.0).describe()
+    assert "the default" in plan_unlabeled(None, 0.5, [], tau=2.0).describe()
 
 
 def test_a_run_with_unlabelled_images_has_their_columns_on_every_batch():

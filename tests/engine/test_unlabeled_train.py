@@ -68,7 +68,7 @@ def test_unlabelled_images_train_from_the_teacher_only(data_yaml, teacher_pt, ti
     model = YOLO("yolov8n.yaml")
     model.train(
         trainer=Spy, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(listed), kd_unlabeled_ratio=0.5,
-        epochs=2, close_mosaic=1, project=str(tmp_path), name="run", **tiny,
+        kd_unlabeled_terms="dense", epochs=2, close_mosaic=1, project=str(tmp_path), name="run", **tiny,
     )  # fmt: skip
     train = {str(p) for p in (data_yaml.parent / "images" / "train").glob("*")}
     unl = {str(p) for p in files}

@@ -26,8 +26,9 @@ from ultralytics_kd.distill.losses import TERMS, KDTerm
 __all__ = ["DEFAULT_UNLABELED_TERMS", "UNLABELED_TERMS", "UnlabeledPlan", "plan_unlabeled"]
 
 UNLABELED_TERMS = ("dense", "pseudo", "dense+pseudo", "recipe")
-# Provisional until the benchmark of issue #27 (benchmarks/unlabeled.py) has compared the choices.
-DEFAULT_UNLABELED_TERMS = "dense"
+# The better of the two measured so far (issue #27's benchmark, benchmarks/unlabeled.py; BCCD's 25 % split, yolov9t,
+# one seed: test mAP50-95 0.379 against 0.360 for dense, docs/BENCHMARKS.md); dense+pseudo is not measured yet.
+DEFAULT_UNLABELED_TERMS = "pseudo"
 DENSE_TERMS = ("cls_bce", "ld")  # Dense Teacher's targets that need no threshold: class scores and box bins
 _FEATURES = ("feats", "entries")  # the sources of feature terms, kept by "dense"
 
@@ -57,7 +58,7 @@ class UnlabeledPlan:
 
     def describe(self) -> str:
         """One line for the training log: what the images learn from, and whether the choice is the default."""
-        how = "set" if self.chosen else "the default, provisional until measured"
+        how = "set" if self.chosen else "the default: the better of dense and pseudo so far, at one seed"
         what = [t.name for t in self.terms]
         if self.pseudo_conf is not None:
             what.append(f"the stock loss on the teacher's boxes above conf {self.pseudo_conf:g} (up*_loss)")
@@ -82,7 +83,7 @@ def plan_unlabeled(
 
     Examples:
         >>> from ultralytics_kd.distill.losses import ScoreWeightedL2
-        >>> [t.name for t in plan_unlabeled(None, 0.5, [ScoreWeightedL2(0.25)], tau=2.0).terms]
+        >>> [t.name for t in plan_unlabeled("dense", 0.5, [ScoreWeightedL2(0.25)], tau=2.0).terms]
         ['sl2', 'cls_bce', 'ld']
     """
     chosen, mode = mode is not None, mode or DEFAULT_UNLABELED_TERMS
