@@ -62,8 +62,8 @@ class KDBatch:
         n_labeled (int | None): With ``unlabeled=``: the batch's first ``n_labeled`` images have labels, the rest have
             none (``distill/unlabeled.py``); the stock loss reads the first ones only, and every term reports on
             each kind apart. None: every image is labelled.
-        settling (bool): A student with weights of its own is settling in (``schedule.settle_epochs``): the feature
-            terms read its features detached, so that only their adapters learn.
+        settling (bool): Within the first ``kd_settle`` epochs (``schedule.batch_scale``): the feature terms read the
+            student's features detached, so that only their adapters learn.
     """
 
     teacher: dict[str, Any] | None
