@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default=str(ROOT / "runs" / "unlabeled"))
     p.add_argument("--resume", action="store_true", help="teacher: go on from the stopped teacher run's last.pt")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unlabeled.jsonl"))
+    p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE", help="extra kd_* settings for kd and kd_u arms")
     return p
 
 
@@ -183,6 +184,8 @@ def pseudo_set(args, conf: float) -> Path:
 def run_arm(args, arm: str) -> dict:
     """Train one arm at this seed; return its row (the pseudo arm: the best-val conf among --confs)."""
 
+    from ultralytics.cfg import smart_value
+
     from ultralytics_kd import KDTrainer
 
     base, stamp = split_dir(args), datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -198,7 +201,11 @@ def run_arm(args, arm: str) -> dict:
         kw["unlabeled"] = str(base / "U/images")
         if ":" in arm:
             kw["kd_unlabeled_terms"] = arm.partition(":")[2]
-    return run_one(args, arm, data_l, stamp, **kw)
+    for pair in args.kd:
+        k, v = pair.split("=", 1)
+        kw[k] = smart_value(v)
+    label = f"{arm} [{' '.join(args.kd)}]" if args.kd else arm  # a variant: kept apart from the arm in the table
+    return run_one(args, label, data_l, stamp, **kw)
 
 
 def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
@@ -206,7 +213,8 @@ def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
 
     model = YOLO(args.student)
     t0 = time.perf_counter()
-    name = f"{arm.replace(':', '-')}-{Path(args.student).stem}-s{args.seed}-{stamp}"
+    tag = arm.replace(":", "-").replace(" [", "-").replace("]", "").replace(" ", "-").replace("=", "")
+    name = f"{tag}-{Path(args.student).stem}-s{args.seed}-{stamp}"
     model.train(data=str(data), **train_args(args, name), **kw)
     trainer = model.trainer
     steps = args.epochs * math.ceil(len(trainer.train_loader.dataset) / trainer.batch_size)

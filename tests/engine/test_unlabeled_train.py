@@ -128,3 +128,32 @@ def test_a_resumed_run_keeps_its_unlabelled_images(data_yaml, teacher_pt, tiny, 
     resumed.train(trainer=KDTrainer, resume=True)
     assert resumed.trainer.start_epoch == 1 and resumed.trainer.kd_unlabeled == sorted(map(str, files))
     assert torch.load(last, weights_only=False)["kd"]["settings"]["unlabeled"] == str(tmp_path / "u")
+
+
+def test_an_epoch_covers_every_unlabelled_image(data_yaml, teacher_pt, tiny, tmp_path):
+    """kd_unlabeled_sweep (the default): 12 unlabelled images at kd_unlabeled_ratio=0.5 beside 8 labelled ones in
+    batches of 4 repeat the labelled images 3 times in an epoch (6 steps, each with 2 unlabelled images), so the epoch
+    sees every unlabelled image once; kd_unlabeled_sweep=False keeps one pass over the labelled images (2 steps)."""
+    import pickle
+    from collections import Counter
+
+    folders = [tmp_path / f"u{k}" for k in range(3)]
+    files = sorted(str(p) for f in folders for p in _unlabelled(data_yaml, f))
+    common = dict(trainer=Spy, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=[str(f) for f in folders])
+    for sweep, steps in ((True, 6), (False, 2)):
+        Spy.seen = []
+        model = YOLO("yolov8n.yaml")
+        model.train(
+            **common, kd_unlabeled_ratio=0.5, kd_unlabeled_sweep=sweep, kd_unlabeled_terms="pseudo", epochs=1,
+            val=False, project=str(tmp_path), name=f"sweep{sweep}", **tiny,
+        )  # fmt: skip
+        assert len(Spy.seen) == steps and all(len(lab) == 4 and len(u) == 2 for _, lab, u, *_ in Spy.seen)
+        labelled = Counter(f for _, lab, *_ in Spy.seen for f in lab)
+        if sweep:
+            assert sorted(f for _, _, u, *_ in Spy.seen for f in u) == files  # each unlabelled image once
+            assert len(labelled) == 8 and set(labelled.values()) == {3}
+            dataset = model.trainer.train_loader.dataset
+            assert len(dataset) == 24 and len(dataset.labels) == 8  # the stock labels are untouched
+            assert len(pickle.loads(pickle.dumps(dataset))) == 24  # a spawned worker gets the same repeats
+        else:
+            assert len(labelled) == 8 and set(labelled.values()) == {1}

@@ -3,7 +3,9 @@
 To Ultralytics an image without a label file is a background image, so unlabelled images simply added to ``train:``
 would teach the student that they contain nothing. Here they come from a source of their own and a loader of their
 own, with the same augmentation as the labelled images (mosaic and mixup therefore never paste a labelled and an
-unlabelled image into one sample). Each step appends a batch of them to the labelled batch (``kd_unlabeled_ratio``
+unlabelled image into one sample). An epoch covers every unlabelled image (``kd_unlabeled_sweep``): the labelled
+images repeat within it as often as that takes, so a user's epoch is still one pass over the images they have. Each
+step appends a batch of them to the labelled batch (``kd_unlabeled_ratio``
 of its size) before the stock preprocessing, so that the teacher and the student see the same augmented, resized
 view; ``KDBatch.n_labeled`` tells the criterion where the labelled images end, the stock loss is computed on those
 only, and every distillation term is computed on each kind apart, under columns of its own.
@@ -16,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,9 +27,17 @@ from typing import Any
 import torch
 from ultralytics.data import YOLODataset, build_dataloader
 from ultralytics.data.utils import IMG_FORMATS, img2label_paths
-from ultralytics.utils import LOCAL_RANK, LOGGER, colorstr
+from ultralytics.utils import LOCAL_RANK, LOGGER, RANK, colorstr
 
-__all__ = ["UnlabeledStream", "find_unlabeled", "merge_unlabeled", "unlabeled_stream", "write_list"]
+__all__ = [
+    "UnlabeledStream",
+    "find_unlabeled",
+    "merge_unlabeled",
+    "repeat_labeled",
+    "run_unlabeled",
+    "unlabeled_stream",
+    "write_list",
+]
 
 LIST_NAME = "unlabeled.txt"  # the checked list, in the run folder: what the loader reads, and what a resume reuses
 
@@ -122,6 +133,16 @@ def write_list(files: Sequence[str], path: Path) -> Path:
     return path
 
 
+def run_unlabeled(source: Any, data: dict[str, Any], save_dir: Path, resume: bool) -> list[str]:
+    """The run's unlabelled images (``find_unlabeled``), written to its folder as the list its loader reads; a resumed
+    run goes on with the list it started with, whatever the source folder holds now."""
+    kept = Path(save_dir) / LIST_NAME
+    files = find_unlabeled(kept if resume and kept.is_file() else source, data)
+    if files and RANK in {-1, 0}:
+        write_list(files, kept)
+    return files
+
+
 class UnlabeledDataset(YOLODataset):
     """A training dataset whose images have no label files by design.
 
@@ -136,6 +157,39 @@ class UnlabeledDataset(YOLODataset):
             return super().cache_labels(path)
         finally:
             self.augment = augment
+
+
+def _repeated_len(self) -> int:
+    """The repeated length, which the sampler (and so the epoch's step count) reads."""
+    return len(self.labels) * self.kd_repeat
+
+
+def _repeated_item(self, index: int):
+    """The stock sample of image ``index`` modulo the dataset's own length."""
+    return type(self).__mro__[1].__getitem__(self, index % len(self.labels))
+
+
+def repeat_labeled(dataset: Any, n_unlabeled: int, ratio: float) -> int:
+    """Repeat a labelled training ``dataset`` in place so that one epoch also covers ``n_unlabeled`` images; return
+    how many times it repeats.
+
+    Each labelled step brings ``ratio`` unlabelled images per labelled one, so the labelled images repeat
+    ``ceil(n_unlabeled / (len(dataset) * ratio))`` times (at least once). Everything else about the dataset (labels,
+    mosaic, ``close_mosaic``) is the stock one: only its length and the index it reads change. The class made for it is
+    kept in this module so that a spawned dataloader worker can unpickle it.
+    """
+    n = len(dataset)
+    times = max(1, math.ceil(n_unlabeled / (n * ratio))) if n else 1
+    if times > 1:
+        base = type(dataset)
+        name = f"Repeated{base.__name__}"
+        cls = globals().get(name)
+        if cls is None or cls.__bases__ != (base,):  # one base: a mixin would change the layout __class__ needs
+            ns = {"__len__": _repeated_len, "__getitem__": _repeated_item, "__module__": __name__, "__qualname__": name}
+            cls = globals()[name] = type(name, (base,), ns)
+        dataset.__class__ = cls
+        dataset.kd_repeat = times
+    return times
 
 
 class UnlabeledStream:
@@ -237,7 +291,8 @@ def unlabeled_stream(trainer: Any) -> UnlabeledStream | None:
     plan = getattr(trainer, "kd_unlabeled_plan", None)  # distill/unlabeled_terms.py
     LOGGER.info(
         f"{colorstr('KD:')} {len(files)} unlabelled images ({trainer.args.unlabeled}): {batch} beside every labelled "
-        f"batch; they learn from the teacher only, under columns u*_loss: "
+        f"batch, the labelled images {getattr(trainer, 'kd_labeled_repeat', 1)} time(s) an epoch "
+        f"(kd_unlabeled_sweep={trainer.args.kd_unlabeled_sweep}); they learn from the teacher only, under u*_loss: "
         + (plan.describe() if plan is not None else "the recipe's terms")
     )
     return UnlabeledStream(loader)

@@ -28,7 +28,7 @@ from torch import distributed as dist
 from torch import nn
 from ultralytics.cfg import cfg2dict
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
+from ultralytics.utils import DEFAULT_CFG, LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fine_tune
@@ -42,7 +42,7 @@ from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, che
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
-from ultralytics_kd.distill.unlabeled import LIST_NAME, find_unlabeled, merge_unlabeled, unlabeled_stream, write_list
+from ultralytics_kd.distill.unlabeled import merge_unlabeled, repeat_labeled, run_unlabeled, unlabeled_stream
 from ultralytics_kd.engine.autobatch import with_teacher
 from ultralytics_kd.engine.callbacks import add_kd_callbacks
 from ultralytics_kd.engine.resume import add_kd_state, check_resumed_teacher, load_kd_state
@@ -93,10 +93,7 @@ class KDTrainer(DetectionTrainer):
             check_pair(teacher, data=self.data)
             self._kd_init_mode = get_recipe(a.kd_recipe).init if a.kd_init is None else a.kd_init
             self._kd_teacher_parts = TeacherParts.of(teacher, self._kd_init_mode)  # before FrozenTeacher fuses them
-            kept = self.save_dir / LIST_NAME  # a resumed run goes on with the images it started with
-            self.kd_unlabeled = find_unlabeled(kept if self.resume and kept.is_file() else a.unlabeled, self.data)
-            if self.kd_unlabeled and RANK in {-1, 0}:
-                write_list(self.kd_unlabeled, self.save_dir / LIST_NAME)
+            self.kd_unlabeled = run_unlabeled(a.unlabeled, self.data, self.save_dir, self.resume)
         # on CPU until _setup_train: a DDP worker's device (cuda:LOCAL_RANK) is only set by _setup_ddp, and the
         # launching process never trains, so a copy on self.device here would sit on cuda:0 in every process
         self.teacher = FrozenTeacher(teacher)
@@ -126,6 +123,14 @@ class KDTrainer(DetectionTrainer):
             self.kd_stage = self.kd_start.take(model, self._kd_teacher_parts)
             model.kd_start = self.kd_start  # DDP workers get this model pickled, and never call get_model
         return model
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """The stock dataset; with ``unlabeled=`` (and ``kd_unlabeled_sweep``) the training one repeats its images so
+        that an epoch covers every unlabelled image (``distill/unlabeled.repeat_labeled``)."""
+        dataset = super().build_dataset(img_path, mode, batch)
+        if mode == "train" and getattr(self, "kd_unlabeled", None) and self.args.kd_unlabeled_sweep:
+            self.kd_labeled_repeat = repeat_labeled(dataset, len(self.kd_unlabeled), self.args.kd_unlabeled_ratio)
+        return dataset
 
     def setup_model(self):
         """Load the student as usual; on resume also keep the checkpoint's distillation state."""
