@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default=str(ROOT / "runs" / "unlabeled"))
     p.add_argument("--resume", action="store_true", help="teacher: go on from the stopped teacher run's last.pt")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unlabeled.jsonl"))
+    p.add_argument(
+        "--continue-from", default="", metavar="ARM:EPOCHS", help="start from that run's best.pt, e.g. plain:40"
+    )
     p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE", help="extra kd_* settings for kd and kd_u arms")
     return p
 
@@ -244,7 +247,7 @@ def matched_epochs(args) -> int:
 def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
     from ultralytics import YOLO
 
-    model = YOLO(args.student)
+    model = YOLO(start_weights(args) or args.student)
     t0 = time.perf_counter()
     tag = arm.replace(":", "-").replace(" [", "-").replace("]", "").replace(" ", "-").replace("=", "")
     name = f"{tag}-{Path(args.student).stem}-s{args.seed}-{stamp}"
@@ -259,10 +262,31 @@ def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
     }
 
 
+def start_weights(args) -> str | None:
+    """The best.pt of ``--continue-from``: the latest row of that arm and epochs at this split, student and seed."""
+    if not args.continue_from:
+        return None
+    arm, _, epochs = args.continue_from.rpartition(":")
+    path = Path(args.out)
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    key = (arm, int(epochs), split_dir(args).name, args.student, args.seed, args.imgsz, None)
+    match = [
+        r
+        for r in rows
+        if (r["arm"], r["epochs"], r["split"], r["student"], r["seed"], r["imgsz"], r.get("start")) == key
+    ]
+    best = Path(match[-1]["save_dir"]) / "weights" / "best.pt" if match else None
+    if best is None or not best.is_file():
+        raise FileNotFoundError(
+            f"--continue-from {args.continue_from}: no {best or 'run'} at seed {args.seed}; run it first"
+        )
+    return str(best)
+
+
 def append(args, row: dict, trainer=None) -> None:
     row = {
-        **row, "split": split_dir(args).name, "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz,
-        "date": datetime.now().isoformat(timespec="seconds"),
+        **row, **({"start": args.continue_from} if args.continue_from else {}), "split": split_dir(args).name,
+        "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz, "date": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:
@@ -271,15 +295,16 @@ def append(args, row: dict, trainer=None) -> None:
 
 
 def print_table(args) -> None:
-    """Per (split, student, epochs): each arm's mean, per-seed values, and paired differences to plain/kd/pseudo."""
+    """Per (split, student, epochs, start): each arm's mean, per-seed values, paired differences to plain/kd/pseudo."""
     path = Path(args.out)
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r["arm"], r["seed"]): r for r in rows}
-    settings = sorted({k[:4] for k in latest if k[4] != "teacher"}, key=str)
+    latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r.get("start"), r["arm"], r["seed"]): r for r in rows}
+    settings = sorted({k[:5] for k in latest if k[5] != "teacher"}, key=str)
     for setting in settings:
-        names = [*ARMS, *sorted({k[4] for k in latest if k[4] not in ARMS and k[4] != "teacher"})]  # variants
-        arms = {a: [r for k, r in latest.items() if k[:4] == setting and k[4] == a] for a in names}
-        print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs, imgsz {setting[3]}")
+        names = [*ARMS, *sorted({k[5] for k in latest if k[:5] == setting and k[5] not in ARMS and k[5] != "teacher"})]
+        arms = {a: [r for k, r in latest.items() if k[:5] == setting and k[5] == a] for a in names}
+        start = f", from each seed's {setting[4]} best.pt" if setting[4] else ""
+        print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs{start}, imgsz {setting[3]}")
         print("| arm | seeds | test mAP50-95 | by seed | vs plain | vs kd | vs pseudo | share of plain->ceiling |")
         print("|---|---|---|---|---|---|---|---|")
         ceiling = arms["ceiling"]
