@@ -286,7 +286,8 @@ def start_weights(args) -> str | None:
 def append(args, row: dict, trainer=None) -> None:
     row = {
         **row, **({"start": args.continue_from} if args.continue_from else {}), "split": split_dir(args).name,
-        "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz, "date": datetime.now().isoformat(timespec="seconds"),
+        "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz,
+        "date": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:
