@@ -30,28 +30,26 @@ def test_split_links_every_kth_image_with_labels_and_hides_the_rest(tmp_path):
     assert json.loads((out / "split.json").read_text())["L"] == len(train[::4])
 
 
-def test_table_reports_the_share_of_the_gap(tmp_path, capsys):
+def _kd_u_line(tmp_path, capsys, arms: tuple[str, ...], by_seed: list[tuple[float, ...]]) -> str:
+    """The table's kd_u line for rows of ``arms`` with one tuple of test mAPs per seed."""
     out = tmp_path / "r.jsonl"
-    rows = []
-    for seed, (plain, kd_u, ceiling) in enumerate([(0.30, 0.36, 0.40), (0.32, 0.38, 0.42)]):
-        for arm, v in (("plain", plain), ("kd_u", kd_u), ("ceiling", ceiling)):
-            rows.append({"arm": arm, "student": "s.yaml", "seed": seed, "epochs": 40, "imgsz": 320, "split": "x",
-                         "test_map": v})  # fmt: skip
+    rows = [
+        {"arm": arm, "student": "s.yaml", "seed": seed, "epochs": 40, "imgsz": 320, "split": "x", "test_map": v}
+        for seed, vals in enumerate(by_seed)
+        for arm, v in zip(arms, vals)
+    ]
     out.write_text("\n".join(json.dumps(r) for r in rows))
     bench.print_table(SimpleNamespace(out=str(out)))
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| kd_u"))
+    return next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| kd_u"))
+
+
+def test_table_reports_the_share_of_the_gap(tmp_path, capsys):
+    line = _kd_u_line(tmp_path, capsys, ("plain", "kd_u", "ceiling"), [(0.30, 0.36, 0.40), (0.32, 0.38, 0.42)])
     assert "+6.0 [" in line and line.rstrip().endswith("60 % |")  # (0.37 - 0.31) / (0.41 - 0.31)
 
 
 def test_plain_counts_as_the_better_of_its_two_schedules(tmp_path, capsys):
     """plain@steps (at kd_u's step count) beats plain at 40 epochs: kd_u's difference and share are taken to it."""
-    out = tmp_path / "r.jsonl"
-    rows = []
-    for seed, vals in enumerate([(0.30, 0.34, 0.38, 0.40), (0.32, 0.34, 0.38, 0.42)]):
-        for arm, v in zip(("plain", "plain@steps", "kd_u", "ceiling"), vals):
-            rows.append({"arm": arm, "student": "s.yaml", "seed": seed, "epochs": 40, "imgsz": 320, "split": "x",
-                         "test_map": v})  # fmt: skip
-    out.write_text("\n".join(json.dumps(r) for r in rows))
-    bench.print_table(SimpleNamespace(out=str(out)))
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| kd_u"))
+    arms = ("plain", "plain@steps", "kd_u", "ceiling")
+    line = _kd_u_line(tmp_path, capsys, arms, [(0.30, 0.34, 0.38, 0.40), (0.32, 0.34, 0.38, 0.42)])
     assert "+4.0 [" in line and line.rstrip().endswith("57 % |")  # (0.38 - 0.34) / (0.41 - 0.34)
