@@ -4,11 +4,11 @@ To Ultralytics an image without a label file is a background image, so unlabelle
 would teach the student that they contain nothing. Here they come from a source of their own and a loader of their
 own, with the same augmentation as the labelled images (mosaic and mixup therefore never paste a labelled and an
 unlabelled image into one sample). An epoch covers every unlabelled image (``kd_unlabeled_sweep``): the labelled
-images repeat within it as often as that takes, so a user's epoch is still one pass over the images they have. Each
-step appends a batch of them to the labelled batch (``kd_unlabeled_ratio``
-of its size) before the stock preprocessing, so that the teacher and the student see the same augmented, resized
-view; ``KDBatch.n_labeled`` tells the criterion where the labelled images end, the stock loss is computed on those
-only, and every distillation term is computed on each kind apart, under columns of its own.
+images repeat within it as often as that takes, so an epoch is still one pass over every image the user has. Each
+step appends a batch of unlabelled images (``kd_unlabeled_ratio`` of its size) to the labelled batch before the stock
+preprocessing, so that the teacher and the student see the same augmented, resized view; ``KDBatch.n_labeled`` tells
+the criterion where the labelled images end, the stock loss is computed on those only, and every distillation term is
+computed on each kind apart, under columns of its own.
 
 Examples:
     >>> from ultralytics import YOLO
@@ -291,7 +291,7 @@ def unlabeled_stream(trainer: Any) -> UnlabeledStream | None:
     plan = getattr(trainer, "kd_unlabeled_plan", None)  # distill/unlabeled_terms.py
     LOGGER.info(
         f"{colorstr('KD:')} {len(files)} unlabelled images ({trainer.args.unlabeled}): {batch} beside every labelled "
-        f"batch, the labelled images {getattr(trainer, 'kd_labeled_repeat', 1)} time(s) an epoch "
+        f"batch, the labelled images {getattr(trainer.train_loader.dataset, 'kd_repeat', 1)} time(s) an epoch "
         f"(kd_unlabeled_sweep={trainer.args.kd_unlabeled_sweep}); they learn from the teacher only, under u*_loss: "
         + (plan.describe() if plan is not None else "the recipe's terms")
     )

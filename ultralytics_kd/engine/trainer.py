@@ -129,7 +129,7 @@ class KDTrainer(DetectionTrainer):
         that an epoch covers every unlabelled image (``distill/unlabeled.repeat_labeled``)."""
         dataset = super().build_dataset(img_path, mode, batch)
         if mode == "train" and getattr(self, "kd_unlabeled", None) and self.args.kd_unlabeled_sweep:
-            self.kd_labeled_repeat = repeat_labeled(dataset, len(self.kd_unlabeled), self.args.kd_unlabeled_ratio)
+            repeat_labeled(dataset, len(self.kd_unlabeled), self.args.kd_unlabeled_ratio)
         return dataset
 
     def setup_model(self):
