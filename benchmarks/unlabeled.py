@@ -13,7 +13,8 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
               kd_unlabeled_terms=CHOICE (dense, pseudo, dense+pseudo, recipe), e.g. kd_u:pseudo
     ceiling   the student on L + U with U's real labels (the dataset's whole train split)
     plain@steps, kd@steps   plain and kd at kd_u's optimizer-step count: kd_u's epochs sweep U (the labelled images
-              repeat within them), so it takes about k-1 times as many steps per epoch; the table counts plain and kd
+              repeat within them), so it takes about |U|/|L| times as many batches per epoch (10 against 4 at k=4,
+              batch 16: these arms train 100 epochs for kd_u's 40); the table counts plain and kd
               as the better (by mean) of their 40-epoch and step-matched runs, as issue #27 asks
 
 --kd KEY=VALUE sets kd_* keys of the kd and kd_u arms; such a run is a variant, listed apart as 'arm [KEY=VALUE]'.
@@ -224,10 +225,9 @@ def run_arm(args, arm: str) -> dict:
 
 def pseudo_candidate(args, conf: str, stamp: str) -> dict:
     """The pseudo arm's run at one conf: the row already in --out at this setting and seed, else a new run (kept)."""
-    path, arm = Path(args.out), f"pseudo{conf}"
+    arm = f"pseudo{conf}"
     key = (split_dir(args).name, args.student, args.epochs, args.imgsz, args.seed)
-    for line in path.read_text().splitlines() if path.exists() else []:
-        r = json.loads(line)
+    for r in read_rows(args.out):
         if r["arm"] == arm and (r["split"], r["student"], r["epochs"], r["imgsz"], r["seed"]) == key:
             return r
     row = run_one(args, arm, pseudo_set(args, float(conf)), stamp)
@@ -267,8 +267,7 @@ def start_weights(args) -> str | None:
     if not args.continue_from:
         return None
     arm, _, epochs = args.continue_from.rpartition(":")
-    path = Path(args.out)
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    rows = read_rows(args.out)
     key = (arm, int(epochs), split_dir(args).name, args.student, args.seed, args.imgsz, None)
     match = [
         r
@@ -281,6 +280,12 @@ def start_weights(args) -> str | None:
             f"--continue-from {args.continue_from}: no {best or 'run'} at seed {args.seed}; run it first"
         )
     return str(best)
+
+
+def read_rows(out: str) -> list[dict]:
+    """The rows of the results file (none when it does not exist yet)."""
+    path = Path(out)
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
 def append(args, row: dict, trainer=None) -> None:
@@ -297,8 +302,7 @@ def append(args, row: dict, trainer=None) -> None:
 
 def print_table(args) -> None:
     """Per (split, student, epochs, start): each arm's mean, per-seed values, paired differences to plain/kd/pseudo."""
-    path = Path(args.out)
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    rows = read_rows(args.out)
     latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r.get("start"), r["arm"], r["seed"]): r for r in rows}
     settings = sorted({k[:5] for k in latest if k[5] != "teacher"}, key=str)
     for setting in settings:
