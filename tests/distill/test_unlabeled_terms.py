@@ -100,6 +100,24 @@ def test_pseudo_loss_is_the_stock_loss_on_the_pseudo_label():
     assert torch.allclose(total[:3], alone)  # the labelled image's detection loss is untouched
 
 
+def test_a_labeller_other_than_the_teacher_gives_the_pseudo_labels():
+    """KDBatch.pseudo (kd_pseudo_from=best: the student's EMA, on the unlabelled images only) replaces the teacher's
+    boxes as the labels of the stock loss: a teacher with no box above the threshold and a labeller with the box give
+    the loss of the box, and the labelled image's loss stays the stock one."""
+    model = _model()
+    preds = _preds(model, 3)
+    quiet, labeller = _teacher(preds, confident=False), _sliced(_teacher(preds), slice(1, 3))
+    crit = KDDetectionLoss(model, [], max_ratio=0.0, unlabeled=plan_unlabeled("pseudo", 0.5, [], tau=2.0))
+    total, items = crit.loss(preds, {**_labels(1), "kd": KDBatch(quiet, n_labeled=1, pseudo=labeller)})
+    label = {"batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[1.0], [1.0]]),
+             "bboxes": torch.tensor([BOX_XYWH_NORM] * 2)}  # fmt: skip
+    expected, _ = v8DetectionLoss(model).loss(_sliced(preds, slice(1, 3)), label)
+    assert torch.allclose(total[3:], expected, rtol=1e-5, atol=1e-6) and items["upbox_loss"] > 0
+    assert torch.allclose(total[:3], v8DetectionLoss(model).loss(_sliced(preds, slice(0, 1)), _labels(1))[0])
+    alone = crit.loss(_sliced(preds, slice(1, 3)), {**_labels(0), "kd": KDBatch(quiet, n_labeled=0, pseudo=labeller)})
+    assert torch.allclose(alone[0][3:], expected, rtol=1e-5, atol=1e-6)  # a batch of unlabelled images only
+
+
 def test_no_teacher_box_above_the_threshold_is_the_stock_loss_of_a_background_image():
     model = _model()
     preds = _preds(model, 2)
@@ -196,9 +214,10 @@ def test_a_run_with_unlabelled_images_has_their_columns_on_every_batch():
         ({"kd_pseudo_conf": 1.5}, r"kd_pseudo_conf=1.5 must be in \(0, 1\)"),
         ({"kd_pseudo_conf": None}, r"kd_pseudo_conf=None must be in \(0, 1\)"),
         ({"kd_pseudo_conf": "high"}, "must be a number"),
+        ({"kd_pseudo_from": "student"}, r"kd_pseudo_from='student' must be one of \['teacher', 'best'\]"),
     ],
 )  # fmt: skip
 def test_bad_settings_name_the_allowed_values(args, match):
     with pytest.raises(ValueError, match=match):
         check_kd_args(args)
-    check_kd_args({"kd_unlabeled_terms": "dense+pseudo", "kd_pseudo_conf": 0.25})
+    check_kd_args({"kd_unlabeled_terms": "dense+pseudo", "kd_pseudo_conf": 0.25, "kd_pseudo_from": "best"})

@@ -157,3 +157,42 @@ def test_an_epoch_covers_every_unlabelled_image(data_yaml, teacher_pt, tiny, tmp
             assert len(pickle.loads(pickle.dumps(dataset))) == 24  # a spawned worker gets the same repeats
         else:
             assert len(labelled) == 8 and set(labelled.values()) == {1}
+
+
+class Above(KDTrainer):
+    """Validation scores the student's EMA above its labeller each epoch; records the labeller's outputs per batch."""
+
+    pseudo: list = []
+
+    def validate(self):
+        metrics, fitness = super().validate()
+        return metrics, self.kd_labeller.fitness + 0.01
+
+    def preprocess_batch(self, batch):
+        batch = super().preprocess_batch(batch)
+        kd = batch.get("kd")
+        if kd is not None and kd.teacher is not None:
+            scores = None if kd.pseudo is None else kd.pseudo["scores"]
+            Above.pseudo.append((self.epoch, batch["img"].shape[0] - kd.n_labeled, scores))
+        return batch
+
+
+def test_the_students_ema_labels_once_above_the_teacher(data_yaml, teacher_pt, tiny, tmp_path):
+    """kd_pseudo_from=best (with the teacher check off, the labeller validates the teacher itself): epoch 1's
+    unlabelled images get their pseudo-labels from the teacher, epoch 2's from epoch 1's EMA, frozen, on those images
+    only; the pseudo-label columns stay finite."""
+    _unlabelled(data_yaml, tmp_path / "u")
+    Above.pseudo = []
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        trainer=Above, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
+        kd_pseudo_from="best", kd_teacher_check=False, kd_unlabeled_sweep=False, epochs=2, project=str(tmp_path),
+        name="best", **tiny,
+    )  # fmt: skip
+    labeller = model.trainer.kd_labeller
+    assert {e for e, *_ in Above.pseudo} == {0, 1} and labeller.epoch == 2
+    assert all(s is None for e, _, s in Above.pseudo if e == 0)
+    assert all(s is not None and s.shape[0] == n > 0 and not s.requires_grad for e, n, s in Above.pseudo if e == 1)
+    assert not any(p.requires_grad for p in labeller.model.parameters())
+    rows = list(csv.DictReader((tmp_path / "best" / "results.csv").open()))
+    assert all(math.isfinite(float(r[f"train/up{k}_loss"])) for r in rows for k in ("box", "cls", "dfl"))

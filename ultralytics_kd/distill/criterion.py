@@ -64,6 +64,8 @@ class KDBatch:
             each kind apart. None: every image is labelled.
         settling (bool): Within the first ``kd_settle`` epochs (``schedule.batch_scale``): the feature terms read the
             student's features detached, so that only their adapters learn.
+        pseudo (dict | None): ``{"boxes", "scores"}`` of the model labelling the unlabelled images when it is not the
+            teacher (``distill/labeller.py``), for those images only; None: the teacher's outputs give the labels.
     """
 
     teacher: dict[str, Any] | None
@@ -75,6 +77,7 @@ class KDBatch:
     entry_recorder: FeatureRecorder | None = None
     n_labeled: int | None = None
     settling: bool = False
+    pseudo: dict[str, Any] | None = None
 
 
 class TeacherAssigner(nn.Module):
@@ -197,7 +200,8 @@ class _KDTerms:
             else:
                 whole = k == bs  # one kind fills the batch: no slicing
                 s, t = (student, teacher) if whole else (_take(student, sl, bs), _take(teacher, sl, bs))
-                extra = self._pseudo(preds if whole else _take(preds, sl, bs), t, kd) if pseudo else None
+                labeller = t if kd.pseudo is None else kd.pseudo  # kd.pseudo covers the unlabelled images only
+                extra = self._pseudo(preds if whole else _take(preds, sl, bs), labeller, kd) if pseudo else None
                 vec = self._terms(terms, names, s, t, kd, per_image, preds["feats"], extra)
             items.update(zip(names, vec.detach()))
             vecs.append(vec * k)
@@ -209,7 +213,7 @@ class _KDTerms:
         return self if isinstance(self, v8DetectionLoss) else self.one2many
 
     def _pseudo(self, preds: dict[str, Any], teacher: dict[str, Any], kd: KDBatch) -> torch.Tensor:
-        """The stock (box, cls, dfl) loss of ``preds`` on the teacher's boxes above ``pseudo_conf`` (``pseudo.py``),
+        """The stock (box, cls, dfl) loss of ``preds`` on the labeller's boxes above ``pseudo_conf`` (``pseudo.py``),
         not multiplied by the batch size; 0 in a mimic stage, which leaves the stock loss out."""
         stock = self._one2many()
         if kd.mimic:

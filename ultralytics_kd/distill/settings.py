@@ -13,7 +13,7 @@ from typing import Any
 from ultralytics.utils import YAML
 
 from ultralytics_kd.distill.recipes import _expand_weights, get_recipe
-from ultralytics_kd.distill.unlabeled_terms import UNLABELED_TERMS
+from ultralytics_kd.distill.unlabeled_terms import PSEUDO_FROM, UNLABELED_TERMS
 
 __all__ = [
     "INIT_MODES",
@@ -88,6 +88,11 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         raise ValueError(f"kd_unlabeled_ratio={r} must be > 0 (unlabelled images per labelled one), e.g. 1.0")
     if (c := _number(args, "kd_pseudo_conf")) is None or not 0.0 < c < 1.0:
         raise ValueError(f"kd_pseudo_conf={c} must be in (0, 1) (a teacher box's confidence), e.g. kd_pseudo_conf=0.5")
+    if (pf := args["kd_pseudo_from"]) not in PSEUDO_FROM:
+        raise ValueError(
+            f"kd_pseudo_from={pf!r} must be one of {list(PSEUDO_FROM)} (which model's boxes are the pseudo-labels), "
+            f"e.g. kd_pseudo_from=best"
+        )
     if (ut := args["kd_unlabeled_terms"]) is not None and ut not in UNLABELED_TERMS:
         raise ValueError(
             f"kd_unlabeled_terms={ut!r} must be one of {list(UNLABELED_TERMS)} (what unlabelled images learn), e.g. "

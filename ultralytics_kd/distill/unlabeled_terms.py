@@ -23,12 +23,13 @@ from dataclasses import dataclass
 
 from ultralytics_kd.distill.losses import TERMS, KDTerm
 
-__all__ = ["DEFAULT_UNLABELED_TERMS", "UNLABELED_TERMS", "UnlabeledPlan", "plan_unlabeled"]
+__all__ = ["DEFAULT_UNLABELED_TERMS", "PSEUDO_FROM", "UNLABELED_TERMS", "UnlabeledPlan", "plan_unlabeled"]
 
 UNLABELED_TERMS = ("dense", "pseudo", "dense+pseudo", "recipe")
 # The better of the two measured so far (issue #27's benchmark, benchmarks/unlabeled.py; BCCD's 25 % split, yolov9t,
 # one seed: test mAP50-95 0.379 against 0.360 for dense, docs/BENCHMARKS.md); dense+pseudo is not measured yet.
 DEFAULT_UNLABELED_TERMS = "pseudo"
+PSEUDO_FROM = ("teacher", "best")  # which model's boxes are the pseudo-labels (``kd_pseudo_from``, distill/labeller.py)
 DENSE_TERMS = ("cls_bce", "ld")  # Dense Teacher's targets that need no threshold: class scores and box bins
 _FEATURES = ("feats", "entries")  # the sources of feature terms, kept by "dense"
 

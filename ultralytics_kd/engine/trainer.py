@@ -35,6 +35,7 @@ from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fi
 from ultralytics_kd.distill.build import build_feature_side, build_terms, describe_run
 from ultralytics_kd.distill.connectors import adapter_group, clip_adapter_grads
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
+from ultralytics_kd.distill.labeller import pseudo_labeller
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import batch_scale
@@ -71,6 +72,7 @@ class KDTrainer(DetectionTrainer):
         kd_stage (MimicStage | None): The mimic stage, for a student that imitates the teacher's features for
             ``kd_mimic_epochs`` epochs, then takes its head (``kd_init=mimic``, or ``auto`` for another family).
         kd_unlabeled_plan (UnlabeledPlan): What unlabelled images learn (``kd_unlabeled_terms``), where there are some.
+        kd_labeller (PseudoLabeller | None): The student's best EMA labelling them (``kd_pseudo_from=best``).
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
@@ -98,7 +100,7 @@ class KDTrainer(DetectionTrainer):
         # launching process never trains, so a copy on self.device here would sit on cuda:0 in every process
         self.teacher = FrozenTeacher(teacher)
         self.kd_terms, self.kd_connectors = [], nn.ModuleDict()
-        self.kd_teacher_metrics = None
+        self.kd_teacher_metrics = self.kd_labeller = None  # the labeller: from _setup_train on
         self._kd_resume, self._kd_batch = None, 0
         self.kd_start, self.kd_stage = Start(init=self._kd_init_mode), None
         self._kd_student_rec = self._kd_teacher_rec = None
@@ -222,6 +224,7 @@ class KDTrainer(DetectionTrainer):
         )
         if self.args.kd_teacher_check:  # on every rank: under DDP the stock validator shards and gathers across ranks
             self.kd_teacher_metrics = validate_teacher(self.teacher.model, self.test_loader, self.args, self.save_dir)
+        self.kd_labeller = pseudo_labeller(self)  # kd_pseudo_from=best: the student's best EMA once above the teacher
         if self.amp:  # inference only: AMP's own dtype halves the teacher's memory and time
             self.teacher.to(torch.bfloat16 if self.args.amp == "bf16" else torch.float16)
 
@@ -257,7 +260,8 @@ class KDTrainer(DetectionTrainer):
                 entry_rec = s_entries.start()
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
-        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled, settling)
+        pseudo = self.kd_labeller(batch["img"], n_labeled) if self.kd_labeller and teacher else None
+        batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled, settling, pseudo)
         return batch
 
     def _close_dataloader_mosaic(self):
