@@ -124,5 +124,10 @@ def pseudo_labeller(trainer: Any) -> PseudoLabeller | None:
         model = load_checkpoint(trainer.best)[0].to(trainer.device)
         labeller.take(model, trainer.best_fitness, None)
         LOGGER.info(f"{PREFIX} resumed: {trainer.best} (fitness {trainer.best_fitness:.4f}) labels unlabelled images")
+    else:
+        LOGGER.info(
+            f"{PREFIX} the teacher's boxes are the pseudo-labels until the student's EMA passes its val fitness "
+            f"{labeller.fitness:.4f} (kd_pseudo_from=best)"
+        )
     trainer.add_callback("on_fit_epoch_end", labeller.update)
     return labeller
