@@ -191,6 +191,45 @@ def test_two_rank_ddp_runs_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class CpuDDPLabelled(CpuDDPTrainer):
+    """Rank 0's validation scores the student's EMA above its labeller, rank 1's below; records each rank's labeller."""
+
+    def validate(self):
+        metrics, fitness = super().validate()
+        return metrics, self.kd_labeller.fitness + 0.01 if RANK == 0 else -1.0
+
+    def _do_train(self):
+        super()._do_train()
+        torch.save({"epoch": self.kd_labeller.epoch}, self.save_dir / f"labeller{RANK}.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
+def test_two_rank_ddp_takes_rank_zeros_labeller(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
+    """kd_pseudo_from=best under DDP: both ranks take the student's EMA as the labeller on rank 0's validation, though
+    rank 1's own score is below its teacher, and train in sync."""
+    unlabelled = tmp_path / "u"
+    unlabelled.mkdir()
+    for f in sorted((data_yaml.parent / "images" / "val").glob("*")):
+        shutil.copy(f, unlabelled / f"u{f.name}")
+    with monkeypatch.context() as m:
+        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")
+        if importlib.util.find_spec("cloudpickle") is None:
+            m.setitem(sys.modules, "cloudpickle", pickle)
+        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
+        YOLO("yolov8n.yaml").train(
+            trainer=CpuDDPLabelled, teacher=str(teacher_pt), data=str(data_yaml), kd_init="none", epochs=2,
+            unlabeled=str(unlabelled), kd_pseudo_from="best", kd_unlabeled_sweep=False, project=str(tmp_path),
+            name="ddp", **tiny,
+        )  # fmt: skip
+    run = tmp_path / "ddp"
+    assert [torch.load(run / f"labeller{r}.pt")["epoch"] for r in (0, 1)] == [2, 2]
+    ranks = [torch.load(run / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert all(math.isfinite(s["upcls_loss"]) for r in ranks for s in r["kd_steps"])
+    a, b = ranks[0]["student"], ranks[1]["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_worker_with_missing_teacher_names_it(data_yaml, teacher_pt, tiny, tmp_path):
     """A DDP worker rebuilds the trainer from the launcher's args; a teacher gone since launch fails with its path."""
     teacher = tmp_path / "teacher.pt"

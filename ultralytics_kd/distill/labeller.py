@@ -115,9 +115,9 @@ def pseudo_labeller(trainer: Any) -> PseudoLabeller | None:
     plan = trainer.kd_unlabeled_plan
     if trainer.args.kd_pseudo_from != "best" or trainer._kd_unlabeled is None or plan.pseudo_conf is None:
         return None
-    metrics = trainer.kd_teacher_metrics or validate_teacher(
-        trainer.teacher.model, trainer.test_loader, trainer.args, trainer.save_dir
-    )
+    metrics = trainer.kd_teacher_metrics  # {} on DDP ranks other than 0: None only where the check was off
+    if metrics is None:
+        metrics = validate_teacher(trainer.teacher.model, trainer.test_loader, trainer.args, trainer.save_dir)
     amp = torch.bfloat16 if trainer.args.amp == "bf16" else torch.float16
     labeller = PseudoLabeller(_rank0(metrics.get("fitness", 0.0)), amp if trainer.amp else torch.float32)
     if trainer.resume and trainer.best.exists() and (trainer.best_fitness or 0.0) > labeller.fitness:
