@@ -196,3 +196,42 @@ def test_the_students_ema_labels_once_above_the_teacher(data_yaml, teacher_pt, t
     assert not any(p.requires_grad for p in labeller.model.parameters())
     rows = list(csv.DictReader((tmp_path / "best" / "results.csv").open()))
     assert all(math.isfinite(float(r[f"train/up{k}_loss"])) for r in rows for k in ("box", "cls", "dfl"))
+
+
+class Views(KDTrainer):
+    """Records, for every training batch, the images the teacher saw and those the student is given."""
+
+    seen: list = []
+
+    def preprocess_batch(self, batch):
+        forward, shown = self.teacher.forward, {}
+
+        def recorded(img):
+            shown["img"] = img.clone()
+            return forward(img)
+
+        self.teacher.forward = recorded
+        batch = super().preprocess_batch(batch)
+        self.teacher.forward = forward
+        kd = batch.get("kd")
+        if kd is not None and kd.teacher is not None:
+            Views.seen.append((kd.n_labeled, shown["img"], batch["img"].clone()))
+        return batch
+
+
+def test_the_student_gets_a_strong_view_of_unlabelled_images_only(data_yaml, teacher_pt, tiny, tmp_path):
+    """kd_unlabeled_strong=True: the teacher sees the stock (weak) view of every image; the student the same
+    labelled images and a changed view of each unlabelled one. Off (the default), both see the same batch."""
+    _unlabelled(data_yaml, tmp_path / "u")
+    for strong in (True, False):
+        Views.seen = []
+        YOLO("yolov8n.yaml").train(
+            trainer=Views, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
+            kd_unlabeled_strong=strong, kd_teacher_check=False, kd_unlabeled_sweep=False, epochs=1, val=False,
+            project=str(tmp_path), name=f"strong{strong}", **tiny,
+        )  # fmt: skip
+        assert Views.seen
+        for n, weak, student in Views.seen:
+            assert 0 < n < len(student) and torch.equal(weak[:n], student[:n])
+            changed = [not torch.equal(weak[i], student[i]) for i in range(n, len(student))]
+            assert all(changed) if strong else not any(changed)

@@ -113,7 +113,15 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         v = args[key]
         if v is not None and not (isinstance(v, (list, tuple)) and v and all(isinstance(i, int) for i in v)):
             raise ValueError(f"{key}={v!r} must be a list of layer indices, e.g. {key}=[15,18,21]")
-    for key in ("kd_conf_weight", "kd_cwd_norm", "kd_lad", "kd_off_last", "kd_teacher_check", "kd_unlabeled_sweep"):
+    for key in (
+        "kd_conf_weight",
+        "kd_cwd_norm",
+        "kd_lad",
+        "kd_off_last",
+        "kd_teacher_check",
+        "kd_unlabeled_sweep",
+        "kd_unlabeled_strong",
+    ):
         if args[key] is not None and not isinstance(args[key], bool):
             raise ValueError(f"{key}={args[key]!r} must be True or False")
     if args["kd_init"] is not None and args["kd_init"] not in INIT_MODES:

@@ -42,6 +42,7 @@ from ultralytics_kd.distill.schedule import batch_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_compile, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
+from ultralytics_kd.distill.strong import strong_unlabeled
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
 from ultralytics_kd.distill.unlabeled import merge_unlabeled, repeat_labeled, run_unlabeled, unlabeled_stream
 from ultralytics_kd.engine.autobatch import with_teacher
@@ -261,6 +262,8 @@ class KDTrainer(DetectionTrainer):
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
         pseudo = self.kd_labeller(batch["img"], n_labeled) if self.kd_labeller and teacher else None
+        if teacher is not None and self.args.kd_unlabeled_strong:  # after the teacher and labeller saw the weak view
+            batch["img"] = strong_unlabeled(batch["img"], n_labeled)
         batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled, settling, pseudo)
         return batch
 
