@@ -214,6 +214,7 @@ def test_a_run_with_unlabelled_images_has_their_columns_on_every_batch():
         ({"kd_pseudo_conf": 1.5}, r"kd_pseudo_conf=1.5 must be in \(0, 1\)"),
         ({"kd_pseudo_conf": None}, r"kd_pseudo_conf=None must be in \(0, 1\)"),
         ({"kd_pseudo_conf": "high"}, "must be a number"),
+        ({"kd_pseudo_conf": "Auto"}, "must be a number"),
         ({"kd_pseudo_from": "student"}, r"kd_pseudo_from='student' must be one of \['teacher', 'best'\]"),
     ],
 )  # fmt: skip
@@ -221,3 +222,4 @@ def test_bad_settings_name_the_allowed_values(args, match):
     with pytest.raises(ValueError, match=match):
         check_kd_args(args)
     check_kd_args({"kd_unlabeled_terms": "dense+pseudo", "kd_pseudo_conf": 0.25, "kd_pseudo_from": "best"})
+    check_kd_args({"kd_pseudo_conf": "auto"})

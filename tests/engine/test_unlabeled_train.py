@@ -235,3 +235,26 @@ def test_the_student_gets_a_strong_view_of_unlabelled_images_only(data_yaml, tea
             assert 0 < n < len(student) and torch.equal(weak[:n], student[:n])
             changed = [not torch.equal(weak[i], student[i]) for i in range(n, len(student))]
             assert all(changed) if strong else not any(changed)
+
+
+def test_auto_conf_is_the_teachers_max_f1_confidence_on_val(data_yaml, teacher_pt, tiny, tmp_path):
+    """kd_pseudo_conf=auto: the plan and the criterion take the confidence at which the teacher's F1 peaks on val, as
+    the teacher check measured it (0.5 where that teacher detects nothing)."""
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    from ultralytics_kd.distill.labeller import AUTO_FALLBACK
+
+    _unlabelled(data_yaml, tmp_path / "u")
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
+        kd_pseudo_conf="auto", kd_unlabeled_sweep=False, epochs=1, val=False, project=str(tmp_path), name="auto",
+        **tiny,
+    )  # fmt: skip
+    trainer = model.trainer
+    measured = trainer.kd_teacher_metrics["max_f1_conf"]
+    expected = measured if measured is not None and 0 < measured < 1 else AUTO_FALLBACK
+    conf = trainer.kd_unlabeled_plan.pseudo_conf
+    assert isinstance(conf, float) and conf == expected and unwrap_model(trainer.model).criterion.pseudo_conf == conf
+    row = next(csv.DictReader((tmp_path / "auto" / "results.csv").open()))
+    assert math.isfinite(float(row["train/upcls_loss"]))

@@ -1,4 +1,5 @@
-"""Which model's boxes are the pseudo-labels of unlabelled images (``kd_pseudo_from``).
+"""Where the pseudo-labels of unlabelled images come from: which model's boxes (``kd_pseudo_from``), above which
+confidence (``kd_pseudo_conf=auto``).
 
 - ``teacher``: the frozen teacher, on every batch.
 - ``best``: the better on val of the teacher and the student's EMA. Once the EMA's validation fitness passes the
@@ -26,7 +27,9 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_kd.distill.teacher import FrozenTeacher, validate_teacher
 
-__all__ = ["PseudoLabeller", "pseudo_labeller"]
+__all__ = ["AUTO_FALLBACK", "PseudoLabeller", "setup_pseudo_labels"]
+
+AUTO_FALLBACK = 0.5  # kd_pseudo_conf=auto where the teacher detects nothing on val (the default threshold)
 
 PREFIX = colorstr("KD:")
 
@@ -105,19 +108,35 @@ class PseudoLabeller:
         return self.model(img[n_labeled:])
 
 
-def pseudo_labeller(trainer: Any) -> PseudoLabeller | None:
-    """The run's labeller for ``kd_pseudo_from=best`` where unlabelled images train on pseudo-labels, registered on
-    ``on_fit_epoch_end``; None otherwise (the teacher labels them).
+def setup_pseudo_labels(trainer: Any) -> PseudoLabeller | None:
+    """Settle where the pseudo-labels of unlabelled images come from, once the teacher has been validated.
 
-    Reads the teacher's fitness from the pre-training check (``kd_teacher_check``), validating it here if the check was
-    off. Call it in ``_setup_train`` after that check and before the teacher moves to AMP's dtype.
+    - ``kd_pseudo_conf=auto``: the threshold becomes the teacher's max-F1 confidence on val (the operating point at
+      which the stock validator reports P and R), set on the plan and the criterion; 0.5 if the teacher detects
+      nothing there.
+    - ``kd_pseudo_from=best``: returns the labeller, registered on ``on_fit_epoch_end``; None otherwise (the teacher
+      labels them).
+
+    Reads the teacher's metrics from the pre-training check (``kd_teacher_check``), validating it here if the check
+    was off and either option needs them. Call it in ``_setup_train`` after that check and before the teacher moves to
+    AMP's dtype.
     """
     plan = trainer.kd_unlabeled_plan
-    if trainer.args.kd_pseudo_from != "best" or trainer._kd_unlabeled is None or plan.pseudo_conf is None:
+    if trainer._kd_unlabeled is None or plan.pseudo_conf is None:
+        return None
+    auto, best = plan.pseudo_conf == "auto", trainer.args.kd_pseudo_from == "best"
+    if not (auto or best):
         return None
     metrics = trainer.kd_teacher_metrics  # {} on DDP ranks other than 0: None only where the check was off
     if metrics is None:
         metrics = validate_teacher(trainer.teacher.model, trainer.test_loader, trainer.args, trainer.save_dir)
+    if auto:
+        conf = _rank0(metrics.get("max_f1_conf"))
+        conf = conf if conf is not None and 0.0 < conf < 1.0 else AUTO_FALLBACK
+        plan.pseudo_conf = unwrap_model(trainer.model).criterion.pseudo_conf = conf
+        LOGGER.info(f"{PREFIX} kd_pseudo_conf=auto: {conf:.3f}, the teacher's max-F1 confidence on val")
+    if not best:
+        return None
     amp = torch.bfloat16 if trainer.args.amp == "bf16" else torch.float16
     labeller = PseudoLabeller(_rank0(metrics.get("fitness", 0.0)), amp if trainer.amp else torch.float32)
     if trainer.resume and trainer.best.exists() and (trainer.best_fitness or 0.0) > labeller.fitness:

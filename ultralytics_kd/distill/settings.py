@@ -86,8 +86,11 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
         raise ValueError(f"kd_mimic_epochs={m} must be > 0 (epochs, or a fraction of epochs below 1), e.g. 0.25")
     if (r := _number(args, "kd_unlabeled_ratio")) is not None and r <= 0:
         raise ValueError(f"kd_unlabeled_ratio={r} must be > 0 (unlabelled images per labelled one), e.g. 1.0")
-    if (c := _number(args, "kd_pseudo_conf")) is None or not 0.0 < c < 1.0:
-        raise ValueError(f"kd_pseudo_conf={c} must be in (0, 1) (a teacher box's confidence), e.g. kd_pseudo_conf=0.5")
+    if args.get("kd_pseudo_conf") != "auto" and ((c := _number(args, "kd_pseudo_conf")) is None or not 0.0 < c < 1.0):
+        raise ValueError(
+            f"kd_pseudo_conf={c} must be in (0, 1) (a teacher box's confidence) or 'auto' (the teacher's max-F1 "
+            f"confidence on val), e.g. kd_pseudo_conf=0.5"
+        )
     if (pf := args["kd_pseudo_from"]) not in PSEUDO_FROM:
         raise ValueError(
             f"kd_pseudo_from={pf!r} must be one of {list(PSEUDO_FROM)} (which model's boxes are the pseudo-labels), "

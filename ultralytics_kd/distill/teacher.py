@@ -21,6 +21,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.nn.modules.head import Detect
 from ultralytics.nn.tasks import DetectionModel, guess_model_task, load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils.metrics import smooth
 
 from ultralytics_kd.compat import for_validation
 from ultralytics_kd.distill.settings import stock_args
@@ -30,6 +31,7 @@ __all__ = [
     "check_pair",
     "file_sha256",
     "load_teacher",
+    "max_f1_conf",
     "preserved_rng",
     "teacher_file",
     "teacher_sha256",
@@ -244,6 +246,22 @@ class _TeacherValidator(DetectionValidator):
         pass
 
 
+def max_f1_conf(box: Any) -> float | None:
+    """The confidence at which the smoothed class-mean F1 peaks: the stock operating point (``ap_per_class``), where
+    the validator reports P and R; None without a curve (no class seen).
+
+    Examples:
+        >>> import numpy as np
+        >>> from types import SimpleNamespace
+        >>> px = np.linspace(0, 1, 1000)
+        >>> max_f1_conf(SimpleNamespace(px=px, f1_curve=np.stack([1 - abs(px - 0.3), 1 - abs(px - 0.4)])))
+        0.35035035035035034
+    """
+    if not len(box.f1_curve):
+        return None
+    return float(box.px[smooth(box.f1_curve.mean(0), 0.1).argmax()])
+
+
 def validate_teacher(model: nn.Module, dataloader, args: Any, save_dir: Path) -> dict:
     """Validate the teacher on the trainer's val loader; warn when it detects too little to teach anything.
 
@@ -258,15 +276,19 @@ def validate_teacher(model: nn.Module, dataloader, args: Any, save_dir: Path) ->
         save_dir (Path): The run folder.
 
     Returns:
-        (dict): The validation metrics (empty on DDP ranks other than 0, which only contribute their shard).
+        (dict): The validation metrics, plus ``max_f1_conf``, the confidence at which the class-mean F1 peaks (None
+            without detections), for ``kd_pseudo_conf=auto``; empty on DDP ranks other than 0, which only contribute
+            their shard.
     """
     with stock_args(args):
         args = copy(args)
     args.plots = args.save_json = False
+    validator = _TeacherValidator(dataloader, save_dir=save_dir, args=args)
     with preserved_rng():
-        metrics = _TeacherValidator(dataloader, save_dir=save_dir, args=args)(model=for_validation(model))
+        metrics = validator(model=for_validation(model))
     if RANK > 0:
         return {}
+    metrics["max_f1_conf"] = max_f1_conf(validator.metrics.box)
     m95, m50 = metrics.get("metrics/mAP50-95(B)", 0.0), metrics.get("metrics/mAP50(B)", 0.0)
     LOGGER.info(f"{PREFIX} teacher on '{args.split}': mAP50-95 {m95:.3f}, mAP50 {m50:.3f}")
     if m50 < 0.05:

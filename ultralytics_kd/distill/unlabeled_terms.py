@@ -41,14 +41,15 @@ class UnlabeledPlan:
     Attributes:
         mode (str): One of ``UNLABELED_TERMS``.
         terms (list[KDTerm]): Terms evaluated on the unlabelled images (recipe terms are the same modules).
-        pseudo_conf (float | None): Confidence above which a teacher box is a pseudo-label; None: no pseudo-labels.
+        pseudo_conf (float | str | None): Confidence above which a teacher box is a pseudo-label; ``"auto"`` until
+            the teacher's validation sets it (``labeller.setup_pseudo_labels``); None: no pseudo-labels.
         chosen (bool): ``kd_unlabeled_terms`` was set; False: the default applies.
         left_out (tuple[str, ...]): Dense terms the pair rules out (``ld`` without shared DFL bins).
     """
 
     mode: str
     terms: list[KDTerm]
-    pseudo_conf: float | None
+    pseudo_conf: float | str | None
     chosen: bool
     left_out: tuple[str, ...] = ()
 
@@ -62,19 +63,21 @@ class UnlabeledPlan:
         how = "set" if self.chosen else "the default: the better of dense and pseudo so far, at one seed"
         what = [t.name for t in self.terms]
         if self.pseudo_conf is not None:
-            what.append(f"the stock loss on the teacher's boxes above conf {self.pseudo_conf:g} (up*_loss)")
+            c = self.pseudo_conf
+            c = "auto (the teacher's max-F1 confidence on val)" if c == "auto" else f"{c:g}"
+            what.append(f"the stock loss on the teacher's boxes above conf {c} (up*_loss)")
         off = f"; {', '.join(self.left_out)} off: teacher and student DFL bins differ" if self.left_out else ""
         return f"{' + '.join(what) or 'nothing'} (kd_unlabeled_terms={self.mode}: {how}{off})"
 
 
 def plan_unlabeled(
-    mode: str | None, pseudo_conf: float, terms: Sequence[KDTerm], tau: float, ld_ok: bool = True
+    mode: str | None, pseudo_conf: float | str, terms: Sequence[KDTerm], tau: float, ld_ok: bool = True
 ) -> UnlabeledPlan:
     """What the unlabelled images of a run learn.
 
     Args:
         mode (str | None): ``kd_unlabeled_terms``; None for ``DEFAULT_UNLABELED_TERMS``.
-        pseudo_conf (float): ``kd_pseudo_conf``.
+        pseudo_conf (float | str): ``kd_pseudo_conf``, or ``"auto"``.
         terms (Sequence[KDTerm]): The run's terms (a mimic stage's imitation term included).
         tau (float): Temperature of a dense term the recipe lacks (the recipe's, or ``kd_T``); its weight is 1.
         ld_ok (bool): Teacher and student share DFL bins (``reg_max`` > 1), which ``ld`` compares.
@@ -97,4 +100,5 @@ def plan_unlabeled(
     wanted = {n for n in DENSE_TERMS if n not in left_out} if dense else set()
     kept = [t for t in terms if t.stage == "mimic" or dense and (t.source in _FEATURES or t.name in wanted)]
     kept += [TERMS[n](weight=1.0, tau=tau) for n in DENSE_TERMS if n in wanted and n not in {t.name for t in terms}]
-    return UnlabeledPlan(mode, kept, float(pseudo_conf) if "pseudo" in mode else None, chosen, left_out)
+    conf = pseudo_conf if pseudo_conf == "auto" else float(pseudo_conf)
+    return UnlabeledPlan(mode, kept, conf if "pseudo" in mode else None, chosen, left_out)

@@ -35,7 +35,7 @@ from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fi
 from ultralytics_kd.distill.build import build_feature_side, build_terms, describe_run
 from ultralytics_kd.distill.connectors import adapter_group, clip_adapter_grads
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
-from ultralytics_kd.distill.labeller import pseudo_labeller
+from ultralytics_kd.distill.labeller import setup_pseudo_labels
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import batch_scale
@@ -225,7 +225,7 @@ class KDTrainer(DetectionTrainer):
         )
         if self.args.kd_teacher_check:  # on every rank: under DDP the stock validator shards and gathers across ranks
             self.kd_teacher_metrics = validate_teacher(self.teacher.model, self.test_loader, self.args, self.save_dir)
-        self.kd_labeller = pseudo_labeller(self)  # kd_pseudo_from=best: the student's best EMA once above the teacher
+        self.kd_labeller = setup_pseudo_labels(self)  # kd_pseudo_conf=auto; kd_pseudo_from=best's labeller
         if self.amp:  # inference only: AMP's own dtype halves the teacher's memory and time
             self.teacher.to(torch.bfloat16 if self.args.amp == "bf16" else torch.float16)
 
