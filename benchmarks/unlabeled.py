@@ -23,6 +23,7 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
     python benchmarks/unlabeled.py teacher --every 4 --epochs 100 --threads 2     # YOLOv9-s on L only (--resume: go on)
     python benchmarks/unlabeled.py run --arms plain,kd,kd_u --student yolov9t.yaml --seed 0 --threads 1
     python benchmarks/unlabeled.py table
+    python benchmarks/unlabeled.py labels --confs 0.1,0.25,0.5   # the teacher's pseudo-labels on U against U's labels
     python benchmarks/unlabeled.py run --arms plain,kd_u,pseudo --epochs 1 --imgsz 160 --confs 0.25   # smoke
 """
 
@@ -48,7 +49,7 @@ IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("cmd", choices=("split", "teacher", "run", "table"))
+    p.add_argument("cmd", choices=("split", "teacher", "run", "table", "labels"))
     p.add_argument("--data", default=str(ROOT / "../shared/data/bccd/data.yaml"), help="the dataset's data.yaml")
     p.add_argument("--every", type=int, default=4, help="L = every k-th training image by sorted name")
     p.add_argument("--root", default=str(ROOT / "datasets" / "unlabeled"), help="where splits are written (links)")
@@ -187,6 +188,50 @@ def pseudo_set(args, conf: float) -> Path:
         spec.update(path=str(out), train=str(out / "images/train"))
         (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return out / "data.yaml"
+
+
+def _boxes(path: Path):
+    """Classes (n,) and xyxy boxes (n, 4) of a YOLO label file; empty where there is none."""
+    import torch
+    from ultralytics.utils.ops import xywh2xyxy
+
+    rows = [r.split()[:5] for r in path.read_text().splitlines() if r.strip()] if path.is_file() else []
+    a = torch.tensor([[float(x) for x in r] for r in rows]).reshape(-1, 5)
+    return a[:, 0], xywh2xyxy(a[:, 1:])
+
+
+def matched(pred, true, iou: float = 0.5) -> int:
+    """Pseudo-boxes that match a real box of the same class at IoU >= ``iou``, one to one, best pairs first."""
+    from ultralytics.utils.metrics import box_iou
+
+    (pc, pb), (tc, tb) = pred, true
+    if not len(pb) or not len(tb):
+        return 0
+    m = box_iou(pb, tb) * (pc[:, None] == tc[None])
+    pairs = sorted(((float(m[i, j]), i, j) for i, j in (m >= iou).nonzero().tolist()), reverse=True)
+    used_p, used_t = set(), set()
+    for _, i, j in pairs:
+        if i not in used_p and j not in used_t:
+            used_p.add(i), used_t.add(j)
+    return len(used_p)
+
+
+def label_quality(args) -> None:
+    """The stock pseudo-labels (the teacher's predict at each --confs value, as the pseudo arm makes them) against U's
+    real labels, which no arm reads: precision and recall at IoU 0.5, same class. A real box the pseudo-labels miss is
+    a background to the stock loss."""
+    from ultralytics.data.utils import img2label_paths
+
+    images = sorted(p for p in (split_dir(args) / "U/images").iterdir() if p.suffix.lower() in IMG_SUFFIXES)
+    truth = [_boxes(Path(t)) for t in img2label_paths([str(p.resolve()) for p in images])]
+    n_true = sum(len(c) for c, _ in truth)
+    print(f"\n{split_dir(args).name}: U = {len(images)} images, {n_true} real boxes; teacher {teacher_path(args)}")
+    print("| teacher conf | pseudo-boxes | precision | recall |\n|---|---|---|---|")
+    for conf in (float(c) for c in args.confs.split(",")):
+        labels = pseudo_set(args, conf).parent / "predict" / "labels"
+        preds = [_boxes(labels / f"{p.stem}.txt") for p in images]
+        tp, n_pred = sum(matched(p, t) for p, t in zip(preds, truth)), sum(len(c) for c, _ in preds)
+        print(f"| {conf:g} | {n_pred} | {tp / max(n_pred, 1):.3f} | {tp / max(n_true, 1):.3f} |")
 
 
 def run_arm(args, arm: str) -> dict:
@@ -348,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.cmd == "split":
         make_split(args)
+    elif args.cmd == "labels":
+        label_quality(args)
     elif args.cmd == "teacher":
         train_teacher(args)
     else:

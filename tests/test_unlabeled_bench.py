@@ -53,3 +53,16 @@ def test_plain_counts_as_the_better_of_its_two_schedules(tmp_path, capsys):
     arms = ("plain", "plain@steps", "kd_u", "ceiling")
     line = _kd_u_line(tmp_path, capsys, arms, [(0.30, 0.34, 0.38, 0.40), (0.32, 0.34, 0.38, 0.42)])
     assert "+4.0 [" in line and line.rstrip().endswith("57 % |")  # (0.38 - 0.34) / (0.41 - 0.34)
+
+
+def test_pseudo_labels_match_real_boxes_one_to_one_by_class_and_iou(tmp_path):
+    """Two real boxes; three pseudo-boxes: one on the first (IoU 1), a second on the same box (a duplicate, unmatched),
+    one of the wrong class on the second. One match: precision 1/3, recall 1/2."""
+    real, pseudo = tmp_path / "real.txt", tmp_path / "pseudo.txt"
+    real.write_text("0 0.25 0.25 0.2 0.2\n1 0.75 0.75 0.2 0.2\n")
+    pseudo.write_text("0 0.25 0.25 0.2 0.2\n0 0.26 0.25 0.2 0.2\n0 0.75 0.75 0.2 0.2\n")
+    assert bench.matched(bench._boxes(pseudo), bench._boxes(real)) == 1
+    assert bench.matched(bench._boxes(tmp_path / "none.txt"), bench._boxes(real)) == 0  # no file: no box
+    shifted = tmp_path / "shifted.txt"
+    shifted.write_text("0 0.35 0.25 0.2 0.2\n")  # IoU 1/3 with the first real box: below 0.5
+    assert bench.matched(bench._boxes(shifted), bench._boxes(real)) == 0
