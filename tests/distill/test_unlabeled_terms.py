@@ -118,6 +118,35 @@ def test_a_labeller_other_than_the_teacher_gives_the_pseudo_labels():
     assert torch.allclose(alone[0][3:], expected, rtol=1e-5, atol=1e-6)  # a batch of unlabelled images only
 
 
+def test_uncertain_boxes_take_no_background_loss():
+    """kd_pseudo_low=0.3: the teacher's 0.38 box at anchor 0 (below kd_pseudo_conf 0.5) is uncertain. The student's
+    class scores at the anchors inside it get no gradient, where without the band the stock loss pushes them to
+    background; every other anchor's gradient, and the box and DFL losses, are as without the band."""
+    from ultralytics.utils.tal import make_anchors
+
+    from ultralytics_kd.distill.pseudo import uncertain_anchors
+
+    model = _model()
+    grads, items, base = [], [], _preds(model, 2)
+    for low in (0.0, 0.3):
+        preds = {**base, **{k: base[k].detach().clone().requires_grad_() for k in ("boxes", "scores")}}
+        plan = plan_unlabeled("pseudo", 0.5, [], 2.0, pseudo_low=low)
+        total, it = KDDetectionLoss(model, [], max_ratio=0.0, unlabeled=plan).loss(
+            preds, {**_labels(1), "kd": KDBatch(_teacher(preds), n_labeled=1)}
+        )
+        total[3:].sum().backward()
+        grads.append(preds["scores"].grad[1])
+        items.append(it)
+    teacher = _teacher(preds)
+    points, strides = make_anchors(preds["feats"], model.stride, 0.5)
+    boxes = teacher_boxes(teacher["boxes"], preds["feats"], model.stride)
+    unsure = uncertain_anchors(teacher["scores"], boxes, points * strides, 0.3, 0.5)[1]
+    assert 0 < int(unsure.sum()) < 10 and unsure[0] and not unsure[ANCHOR]  # the anchors around anchor 0 only
+    assert grads[0][:, unsure].abs().sum() > 0 and grads[1][:, unsure].abs().sum() == 0
+    assert torch.allclose(grads[0][:, ~unsure], grads[1][:, ~unsure])
+    assert items[0]["upbox_loss"] == items[1]["upbox_loss"] and items[0]["updfl_loss"] == items[1]["updfl_loss"]
+
+
 def test_no_teacher_box_above_the_threshold_is_the_stock_loss_of_a_background_image():
     model = _model()
     preds = _preds(model, 2)
@@ -215,6 +244,7 @@ def test_a_run_with_unlabelled_images_has_their_columns_on_every_batch():
         ({"kd_pseudo_conf": None}, r"kd_pseudo_conf=None must be in \(0, 1\)"),
         ({"kd_pseudo_conf": "high"}, "must be a number"),
         ({"kd_pseudo_conf": "Auto"}, "must be a number"),
+        ({"kd_pseudo_low": 1.0}, r"kd_pseudo_low=1.0 must be in \[0, 1\)"),
         ({"kd_pseudo_from": "student"}, r"kd_pseudo_from='student' must be one of \['teacher', 'best'\]"),
     ],
 )  # fmt: skip

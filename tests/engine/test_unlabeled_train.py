@@ -239,7 +239,7 @@ def test_the_student_gets_a_strong_view_of_unlabelled_images_only(data_yaml, tea
 
 def test_auto_conf_is_the_teachers_max_f1_confidence_on_val(data_yaml, teacher_pt, tiny, tmp_path):
     """kd_pseudo_conf=auto: the plan and the criterion take the confidence at which the teacher's F1 peaks on val, as
-    the teacher check measured it (0.5 where that teacher detects nothing)."""
+    the teacher check measured it (0.5 where that teacher detects nothing); kd_pseudo_low reaches the criterion."""
     from ultralytics.utils.torch_utils import unwrap_model
 
     from ultralytics_kd.distill.labeller import AUTO_FALLBACK
@@ -248,13 +248,15 @@ def test_auto_conf_is_the_teachers_max_f1_confidence_on_val(data_yaml, teacher_p
     model = YOLO("yolov8n.yaml")
     model.train(
         trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
-        kd_pseudo_conf="auto", kd_unlabeled_sweep=False, epochs=1, val=False, project=str(tmp_path), name="auto",
-        **tiny,
+        kd_pseudo_conf="auto", kd_pseudo_low=0.05, kd_unlabeled_sweep=False, epochs=1, val=False,
+        project=str(tmp_path), name="auto", **tiny,
     )  # fmt: skip
     trainer = model.trainer
     measured = trainer.kd_teacher_metrics["max_f1_conf"]
     expected = measured if measured is not None and 0 < measured < 1 else AUTO_FALLBACK
     conf = trainer.kd_unlabeled_plan.pseudo_conf
-    assert isinstance(conf, float) and conf == expected and unwrap_model(trainer.model).criterion.pseudo_conf == conf
+    criterion = unwrap_model(trainer.model).criterion
+    assert isinstance(conf, float) and conf == expected and criterion.pseudo_conf == conf
+    assert trainer.kd_unlabeled_plan.pseudo_low == criterion.pseudo_low == 0.05  # kd_pseudo_low reaches the loss
     row = next(csv.DictReader((tmp_path / "auto" / "results.csv").open()))
     assert math.isfinite(float(row["train/upcls_loss"]))

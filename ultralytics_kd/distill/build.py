@@ -89,7 +89,7 @@ def build_terms(
     if stage:  # the imitation term is the whole loss of the stage's epochs
         terms = [stage.term, *terms]
     tau = recipe.tau if args.kd_T is None else float(args.kd_T)
-    unlabeled = plan_unlabeled(args.kd_unlabeled_terms, args.kd_pseudo_conf, terms, tau, ld_ok)
+    unlabeled = plan_unlabeled(args.kd_unlabeled_terms, args.kd_pseudo_conf, terms, tau, ld_ok, args.kd_pseudo_low)
     return terms, alpha, conf_weight, lad, unlabeled
 
 

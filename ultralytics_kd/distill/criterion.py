@@ -29,7 +29,7 @@ from ultralytics.utils.tal import dist2bbox, make_anchors
 from ultralytics_kd.compat import require
 from ultralytics_kd.distill.losses import KDTerm
 from ultralytics_kd.distill.losses.box import expected_sides
-from ultralytics_kd.distill.pseudo import pseudo_item, pseudo_targets
+from ultralytics_kd.distill.pseudo import pseudo_item, pseudo_targets, uncertain_anchors
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.unlabeled_terms import UnlabeledPlan
 
@@ -153,6 +153,7 @@ class _KDTerms:
         # names (a warm-up's first batch has none)
         self.u_terms = nn.ModuleList(unlabeled.terms) if unlabeled is not None else self.terms
         self.pseudo_conf = unlabeled.pseudo_conf if unlabeled is not None else None
+        self.pseudo_low = unlabeled.pseudo_low if unlabeled is not None else 0.0
         self.u_columns = unlabeled is not None
         for ts in (self.terms, self.u_terms):
             items = [t.item for t in ts]
@@ -221,6 +222,10 @@ class _KDTerms:
         boxes = teacher_boxes(teacher["boxes"], preds["feats"], stock.stride)
         h, w = (int(x * stock.stride[0]) for x in preds["feats"][0].shape[2:])  # as the stock loss derives imgsz
         labels = pseudo_targets(teacher["scores"], boxes, (h, w), self.pseudo_conf)
+        if self.pseudo_low:  # uncertain boxes: their anchors' class scores take no gradient, so no background push
+            points, strides = make_anchors(preds["feats"], stock.stride, 0.5)
+            unsure = uncertain_anchors(teacher["scores"], boxes, points * strides, self.pseudo_low, self.pseudo_conf)
+            preds = {**preds, "scores": torch.where(unsure[:, None], preds["scores"].detach(), preds["scores"])}
         return stock.get_assigned_targets_and_loss(preds, labels)[1].float()
 
     @staticmethod

@@ -7,6 +7,12 @@ of ``cfg/default.yaml``), and come out as a dataloader's labels: ``batch_idx``, 
 xywh. The criterion hands them, with the student's predictions, to the stock ``v8DetectionLoss`` assigner and
 box/cls/dfl loss unchanged. An image with no box above the threshold has no target: the stock loss then trains it
 as a background image (cls towards 0 everywhere, box and dfl 0).
+
+A teacher box below the threshold is not nothing: it may be an object the teacher is unsure of, and the stock loss
+would push the student's scores there to background. Efficient Teacher trains such "uncertain" boxes apart; here
+(``kd_pseudo_low``) the anchors whose point lies inside a box scoring between ``kd_pseudo_low`` and the threshold,
+and inside no pseudo-label, get no classification gradient (``uncertain_anchors``): they are left out of the
+background push rather than given a label.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import xyxy2xywh
 
-__all__ = ["PSEUDO_IOU", "pseudo_item", "pseudo_targets"]
+__all__ = ["PSEUDO_IOU", "pseudo_item", "pseudo_targets", "uncertain_anchors"]
 
 PSEUDO_IOU = 0.7  # the stock NMS IoU of training-time validation and prediction
 
@@ -61,3 +67,37 @@ def pseudo_targets(
         "cls": det[:, 5:6],
         "bboxes": xyxy2xywh(det[:, :4]) / det.new_tensor([w, h, w, h]),
     }
+
+
+@torch.no_grad()
+def uncertain_anchors(
+    scores: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, low: float, high: float, iou: float = PSEUDO_IOU
+) -> torch.Tensor:
+    """The anchors inside an uncertain teacher box and inside no pseudo-label.
+
+    Args:
+        scores (torch.Tensor): Teacher class logits (B, nc, A).
+        boxes (torch.Tensor): Teacher boxes (B, A, 4), pixel xyxy.
+        points (torch.Tensor): Anchor points (A, 2), pixel xy.
+        low (float): Confidence from which a box that survives the stock NMS is uncertain (``kd_pseudo_low``).
+        high (float): Confidence from which it is a pseudo-label (``kd_pseudo_conf``).
+        iou (float): NMS IoU threshold.
+
+    Returns:
+        (torch.Tensor): (B, A) bool.
+
+    Examples:
+        >>> s = torch.full((1, 1, 3), -9.0)
+        >>> s[0, 0, 0], s[0, 0, 2] = 0.0, 9.0  # an uncertain box (conf 0.5) at anchor 0, a sure one at anchor 2
+        >>> b = torch.tensor([[[0, 0, 10, 10], [0, 0, 1, 1], [20, 20, 30, 30]]], dtype=torch.float)
+        >>> uncertain_anchors(s, b, torch.tensor([[5.0, 5.0], [15.0, 15.0], [25.0, 25.0]]), low=0.3, high=0.7).tolist()
+        [[True, False, False]]
+    """
+    pred = torch.cat([xyxy2xywh(boxes.float()).transpose(1, 2), scores.float().sigmoid()], 1)
+    masks = []
+    for d in non_max_suppression(pred, conf_thres=low, iou_thres=iou, nc=scores.shape[1]):
+        x, y = points[:, 0:1], points[:, 1:2]  # (A, 1) against (n,) boxes
+        inside = (x >= d[:, 0]) & (x <= d[:, 2]) & (y >= d[:, 1]) & (y <= d[:, 3])  # (A, n)
+        sure = d[:, 4] >= high
+        masks.append(inside[:, ~sure].any(1) & ~inside[:, sure].any(1))
+    return torch.stack(masks)

@@ -91,6 +91,8 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
             f"kd_pseudo_conf={c} must be in (0, 1) (a teacher box's confidence) or 'auto' (the teacher's max-F1 "
             f"confidence on val), e.g. kd_pseudo_conf=0.5"
         )
+    if (lo := _number(args, "kd_pseudo_low")) is not None and not 0.0 <= lo < 1.0:
+        raise ValueError(f"kd_pseudo_low={lo} must be in [0, 1) (a teacher box's confidence; 0 = off), e.g. 0.1")
     if (pf := args["kd_pseudo_from"]) not in PSEUDO_FROM:
         raise ValueError(
             f"kd_pseudo_from={pf!r} must be one of {list(PSEUDO_FROM)} (which model's boxes are the pseudo-labels), "

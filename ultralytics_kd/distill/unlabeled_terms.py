@@ -45,6 +45,8 @@ class UnlabeledPlan:
             the teacher's validation sets it (``labeller.setup_pseudo_labels``); None: no pseudo-labels.
         chosen (bool): ``kd_unlabeled_terms`` was set; False: the default applies.
         left_out (tuple[str, ...]): Dense terms the pair rules out (``ld`` without shared DFL bins).
+        pseudo_low (float): Confidence from which a teacher box below ``pseudo_conf`` is uncertain: no background loss
+            inside it (``kd_pseudo_low``, ``pseudo.uncertain_anchors``); 0: off.
     """
 
     mode: str
@@ -52,6 +54,7 @@ class UnlabeledPlan:
     pseudo_conf: float | str | None
     chosen: bool
     left_out: tuple[str, ...] = ()
+    pseudo_low: float = 0.0
 
     def active(self, mimic: bool) -> bool:
         """Whether the unlabelled images learn anything in a batch of the mimic stage (``mimic``) or after it; the
@@ -66,12 +69,19 @@ class UnlabeledPlan:
             c = self.pseudo_conf
             c = "auto (the teacher's max-F1 confidence on val)" if c == "auto" else f"{c:g}"
             what.append(f"the stock loss on the teacher's boxes above conf {c} (up*_loss)")
+            if self.pseudo_low:
+                what[-1] += f", no background loss inside its boxes from conf {self.pseudo_low:g}"
         off = f"; {', '.join(self.left_out)} off: teacher and student DFL bins differ" if self.left_out else ""
         return f"{' + '.join(what) or 'nothing'} (kd_unlabeled_terms={self.mode}: {how}{off})"
 
 
 def plan_unlabeled(
-    mode: str | None, pseudo_conf: float | str, terms: Sequence[KDTerm], tau: float, ld_ok: bool = True
+    mode: str | None,
+    pseudo_conf: float | str,
+    terms: Sequence[KDTerm],
+    tau: float,
+    ld_ok: bool = True,
+    pseudo_low: float | None = 0.0,
 ) -> UnlabeledPlan:
     """What the unlabelled images of a run learn.
 
@@ -81,6 +91,7 @@ def plan_unlabeled(
         terms (Sequence[KDTerm]): The run's terms (a mimic stage's imitation term included).
         tau (float): Temperature of a dense term the recipe lacks (the recipe's, or ``kd_T``); its weight is 1.
         ld_ok (bool): Teacher and student share DFL bins (``reg_max`` > 1), which ``ld`` compares.
+        pseudo_low (float | None): ``kd_pseudo_low``.
 
     Returns:
         (UnlabeledPlan): The plan.
@@ -101,4 +112,7 @@ def plan_unlabeled(
     kept = [t for t in terms if t.stage == "mimic" or dense and (t.source in _FEATURES or t.name in wanted)]
     kept += [TERMS[n](weight=1.0, tau=tau) for n in DENSE_TERMS if n in wanted and n not in {t.name for t in terms}]
     conf = pseudo_conf if pseudo_conf == "auto" else float(pseudo_conf)
-    return UnlabeledPlan(mode, kept, conf if "pseudo" in mode else None, chosen, left_out)
+    pseudo = "pseudo" in mode
+    return UnlabeledPlan(
+        mode, kept, conf if pseudo else None, chosen, left_out, float(pseudo_low or 0) if pseudo else 0
+    )
