@@ -25,9 +25,10 @@ from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ultralytics_kd.distill.strong import strong_unlabeled
 from ultralytics_kd.distill.teacher import FrozenTeacher, validate_teacher
 
-__all__ = ["AUTO_FALLBACK", "PseudoLabeller", "setup_pseudo_labels"]
+__all__ = ["AUTO_FALLBACK", "PseudoLabeller", "setup_pseudo_labels", "unlabeled_views"]
 
 AUTO_FALLBACK = 0.5  # kd_pseudo_conf=auto where the teacher detects nothing on val (the default threshold)
 
@@ -150,3 +151,13 @@ def setup_pseudo_labels(trainer: Any) -> PseudoLabeller | None:
         )
     trainer.add_callback("on_fit_epoch_end", labeller.update)
     return labeller
+
+
+def unlabeled_views(trainer: Any, batch: dict[str, Any], n_labeled: int | None) -> dict[str, Any] | None:
+    """After the teacher saw a training batch: the labeller's outputs on its unlabelled images (None: the teacher's
+    serve), then, with ``kd_unlabeled_strong``, the student's strong view of those images in ``batch["img"]``
+    (``distill/strong.py``), so that both labellers see the stock (weak) view."""
+    pseudo = trainer.kd_labeller(batch["img"], n_labeled) if trainer.kd_labeller is not None else None
+    if trainer.args.kd_unlabeled_strong:
+        batch["img"] = strong_unlabeled(batch["img"], n_labeled)
+    return pseudo

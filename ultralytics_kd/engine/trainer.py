@@ -35,14 +35,13 @@ from ultralytics_kd.deploy.int8 import check_qat_start, freeze_batchnorm, qat_fi
 from ultralytics_kd.distill.build import build_feature_side, build_terms, describe_run
 from ultralytics_kd.distill.connectors import adapter_group, clip_adapter_grads
 from ultralytics_kd.distill.criterion import KDBatch, install_criterion
-from ultralytics_kd.distill.labeller import setup_pseudo_labels
+from ultralytics_kd.distill.labeller import setup_pseudo_labels, unlabeled_views
 from ultralytics_kd.distill.recipes import get_recipe
 from ultralytics_kd.distill.recorders import FeatureRecorder
 from ultralytics_kd.distill.schedule import batch_scale
 from ultralytics_kd.distill.settings import KD_DEFAULTS, check_before_setup, check_compile, check_kd_args, stock_args
 from ultralytics_kd.distill.stage import mimic_epochs
 from ultralytics_kd.distill.start import Start, TeacherParts, choose_start
-from ultralytics_kd.distill.strong import strong_unlabeled
 from ultralytics_kd.distill.teacher import FrozenTeacher, check_pair, load_teacher, teacher_sha256, validate_teacher
 from ultralytics_kd.distill.unlabeled import merge_unlabeled, repeat_labeled, run_unlabeled, unlabeled_stream
 from ultralytics_kd.engine.autobatch import with_teacher
@@ -213,16 +212,10 @@ class KDTrainer(DetectionTrainer):
                 dist.broadcast(v, 0)
         self._kd_teacher_parts = None  # the student has started by now (a mimic stage holds the head it needs)
         self._kd_unlabeled = unlabeled_stream(self)
-        install_criterion(
-            unwrap_model(self.model),
-            self.kd_terms,
-            alpha=self.kd_alpha,
-            conf_weight=self.kd_conf_weight,
-            connectors=dict(self.kd_connectors),
-            max_ratio=self.args.kd_max_ratio,
-            lad=self.kd_lad,
-            unlabeled=self.kd_unlabeled_plan if self._kd_unlabeled is not None else None,
-        )
+        plan = self.kd_unlabeled_plan if self._kd_unlabeled is not None else None
+        kw = dict(alpha=self.kd_alpha, conf_weight=self.kd_conf_weight, lad=self.kd_lad, unlabeled=plan)
+        kw.update(connectors=dict(self.kd_connectors), max_ratio=self.args.kd_max_ratio)
+        install_criterion(unwrap_model(self.model), self.kd_terms, **kw)
         if self.args.kd_teacher_check:  # on every rank: under DDP the stock validator shards and gathers across ranks
             self.kd_teacher_metrics = validate_teacher(self.teacher.model, self.test_loader, self.args, self.save_dir)
         self.kd_labeller = setup_pseudo_labels(self)  # kd_pseudo_conf=auto; kd_pseudo_from=best's labeller
@@ -261,9 +254,7 @@ class KDTrainer(DetectionTrainer):
                 entry_rec = s_entries.start()
             if self._kd_student_rec is not None:
                 student_rec = self._kd_student_rec.start()  # the criterion pops and removes it after the forward
-        pseudo = self.kd_labeller(batch["img"], n_labeled) if self.kd_labeller and teacher else None
-        if teacher is not None and self.args.kd_unlabeled_strong:  # after the teacher and labeller saw the weak view
-            batch["img"] = strong_unlabeled(batch["img"], n_labeled)
+        pseudo = unlabeled_views(self, batch, n_labeled) if teacher is not None else None  # the teacher saw it
         batch["kd"] = KDBatch(teacher, scale, self.epoch, i, student_rec, mimic, entry_rec, n_labeled, settling, pseudo)
         return batch
 
