@@ -91,16 +91,11 @@ class CpuDDPTrainer(KDTrainer):
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed gloo missing")
 def test_two_rank_ddp_distils_in_sync_and_resumes(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
-    with monkeypatch.context() as m:
-        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")  # the stock launch would pip-install cloudpickle
-        if importlib.util.find_spec("cloudpickle") is None:  # it pickles by value what needs it; nothing here does
-            m.setitem(sys.modules, "cloudpickle", pickle)
-        # a launcher with device='0,1' adds no integration callbacks (its ddp flag is set by then); on the CPU it would
-        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
-        YOLO("yolov8n.yaml").train(
-            trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_recipe="ld+cwd", kd_init="none",
-            epochs=2, val=False, save_period=1, project=str(tmp_path), name="ddp", **tiny,
-        )  # fmt: skip
+    _launch(
+        monkeypatch, "yolov8n.yaml", trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml),
+        kd_recipe="ld+cwd", kd_init="none", epochs=2, val=False, save_period=1, project=str(tmp_path), name="ddp",
+        **tiny,
+    )  # fmt: skip
     run = tmp_path / "ddp"
     ranks = [torch.load(run / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -140,6 +135,25 @@ def test_two_rank_ddp_distils_in_sync_and_resumes(data_yaml, teacher_pt, tiny, t
     assert all(math.isfinite(float(trainer.tloss[k])) and trainer.tloss[k] > 0 for k in ("kdld_loss", "kdcwd_loss"))
 
 
+def _unlabelled(data_yaml: Path, folder: Path) -> Path:
+    """A folder of copies of the val images, without labels."""
+    folder.mkdir()
+    for f in sorted((data_yaml.parent / "images" / "val").glob("*")):
+        shutil.copy(f, folder / f"u{f.name}")
+    return folder
+
+
+def _launch(monkeypatch, model: str | Path, **train) -> None:
+    """The stock DDP launch of ``YOLO(model).train(**train)`` on CPU."""
+    with monkeypatch.context() as m:
+        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")  # the stock launch would pip-install cloudpickle
+        if importlib.util.find_spec("cloudpickle") is None:  # it pickles by value what needs it; nothing here does
+            m.setitem(sys.modules, "cloudpickle", pickle)
+        # a launcher with device='0,1' adds no integration callbacks (its ddp flag is set by then); on the CPU it would
+        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
+        YOLO(model).train(**train)
+
+
 SHUFFLE = Path(__file__).parents[2] / "ultralytics_kd" / "cfg" / "models" / "yolov9-tiny-shufflev2-c2f.yaml"
 
 
@@ -169,19 +183,11 @@ def test_worker_takes_the_launchers_start(data_yaml, teacher_pt, tiny, tmp_path)
 def test_two_rank_ddp_runs_the_mimic_stage(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
     """Both ranks run the launcher's mimic stage and take the teacher's head in step, each on its shard of the
     unlabelled images too (unlabeled=: its own DDP loader)."""
-    unlabelled = tmp_path / "u"
-    unlabelled.mkdir()
-    for f in sorted((data_yaml.parent / "images" / "val").glob("*")):
-        shutil.copy(f, unlabelled / f"u{f.name}")
-    with monkeypatch.context() as m:
-        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")
-        if importlib.util.find_spec("cloudpickle") is None:
-            m.setitem(sys.modules, "cloudpickle", pickle)
-        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
-        YOLO(SHUFFLE).train(
-            trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_mimic_epochs=1, epochs=2,
-            val=False, kd_teacher_check=False, project=str(tmp_path), name="ddp", unlabeled=str(unlabelled), **tiny,
-        )  # fmt: skip
+    _launch(
+        monkeypatch, SHUFFLE, trainer=CpuDDPTrainer, teacher=str(teacher_pt), data=str(data_yaml), kd_mimic_epochs=1,
+        epochs=2, val=False, kd_teacher_check=False, project=str(tmp_path), name="ddp",
+        unlabeled=str(_unlabelled(data_yaml, tmp_path / "u")), **tiny,
+    )  # fmt: skip
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for r in ranks:
         assert r["start"] == "mimic" and r["transplanted"]
@@ -208,20 +214,11 @@ class CpuDDPLabelled(CpuDDPTrainer):
 def test_two_rank_ddp_takes_rank_zeros_labeller(data_yaml, teacher_pt, tiny, tmp_path, monkeypatch):
     """kd_pseudo_from=best under DDP: both ranks take the student's EMA as the labeller on rank 0's validation, though
     rank 1's own score is below its teacher, and train in sync."""
-    unlabelled = tmp_path / "u"
-    unlabelled.mkdir()
-    for f in sorted((data_yaml.parent / "images" / "val").glob("*")):
-        shutil.copy(f, unlabelled / f"u{f.name}")
-    with monkeypatch.context() as m:
-        m.setenv("ULTRALYTICS_SKIP_REQUIREMENTS_CHECKS", "1")
-        if importlib.util.find_spec("cloudpickle") is None:
-            m.setitem(sys.modules, "cloudpickle", pickle)
-        m.setattr(callbacks, "add_integration_callbacks", lambda trainer: None)
-        YOLO("yolov8n.yaml").train(
-            trainer=CpuDDPLabelled, teacher=str(teacher_pt), data=str(data_yaml), kd_init="none", epochs=2,
-            unlabeled=str(unlabelled), kd_pseudo_from="best", kd_unlabeled_sweep=False, project=str(tmp_path),
-            name="ddp", **tiny,
-        )  # fmt: skip
+    _launch(
+        monkeypatch, "yolov8n.yaml", trainer=CpuDDPLabelled, teacher=str(teacher_pt), data=str(data_yaml),
+        kd_init="none", epochs=2, unlabeled=str(_unlabelled(data_yaml, tmp_path / "u")), kd_pseudo_from="best",
+        kd_unlabeled_sweep=False, project=str(tmp_path), name="ddp", **tiny,
+    )  # fmt: skip
     run = tmp_path / "ddp"
     assert [torch.load(run / f"labeller{r}.pt")["epoch"] for r in (0, 1)] == [2, 2]
     ranks = [torch.load(run / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
