@@ -24,6 +24,7 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
     python benchmarks/unlabeled.py run --arms plain,kd,kd_u --student yolov9t.yaml --seed 0 --threads 1
     python benchmarks/unlabeled.py table
     python benchmarks/unlabeled.py labels --confs 0.1,0.25,0.5   # the teacher's pseudo-labels on U against U's labels
+    python benchmarks/unlabeled.py cost --epochs 2 --threads 1   # kd_u's time per image against its floor, one process
     python benchmarks/unlabeled.py run --arms plain,kd_u,pseudo --epochs 1 --imgsz 160 --confs 0.25   # smoke
 """
 
@@ -49,7 +50,7 @@ IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("cmd", choices=("split", "teacher", "run", "table", "labels"))
+    p.add_argument("cmd", choices=("split", "teacher", "run", "table", "labels", "cost"))
     p.add_argument("--data", default=str(ROOT / "../shared/data/bccd/data.yaml"), help="the dataset's data.yaml")
     p.add_argument("--every", type=int, default=4, help="L = every k-th training image by sorted name")
     p.add_argument("--root", default=str(ROOT / "datasets" / "unlabeled"), help="where splits are written (links)")
@@ -345,9 +346,63 @@ def append(args, row: dict, trainer=None) -> None:
     print("unlabeled: " + json.dumps(row))
 
 
+def epoch_cost(args) -> dict:
+    """kd_u's training time per image against its floor, in one process, each run's last (warm) epoch timed.
+
+    The floor is a plain epoch over the same kinds of image (L + U with U's real labels, at the batch of one kd_u step:
+    ``--batch`` labelled plus as many unlabelled images) plus the teacher's forward on them: 1 + teacher / plain.
+    """
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from ultralytics_kd import KDTrainer
+    from ultralytics_kd.deploy.measure import time_call
+    from ultralytics_kd.distill.teacher import FrozenTeacher, load_teacher
+
+    def per_image(base, data: Path, batch: int, **kw) -> float:
+        seen, marks = [], []
+
+        class Counting(base):
+            def preprocess_batch(self, b: dict) -> dict:
+                b = super().preprocess_batch(b)
+                seen.append(b["img"].shape[0])
+                return b
+
+        model = YOLO(args.student)
+        for event in ("on_train_epoch_start", "on_train_epoch_end"):
+            model.add_callback(event, lambda _: marks.append((time.perf_counter(), len(seen))))
+        name = f"cost-{base.__name__}-{Path(args.student).stem}-s{args.seed}"
+        model.train(data=str(data), trainer=Counting, **{**train_args(args, name), "batch": batch, "val": False, **kw})
+        (t0, i0), (t1, i1) = marks[-2:]
+        return (t1 - t0) / sum(seen[i0:i1])
+
+    base, b = split_dir(args), args.batch
+    t_plain = per_image(DetectionTrainer, Path(args.data), 2 * b)
+    t_kd_u = per_image(KDTrainer, base / "data_L.yaml", b, teacher=teacher_path(args), unlabeled=str(base / "U/images"))
+    teacher = FrozenTeacher(load_teacher(teacher_path(args)))
+    img = torch.rand(2 * b, 3, args.imgsz, args.imgsz)
+    t_teacher = time_call(lambda _: teacher(img), None, warmup=1, reps=10).median / 1e3 / (2 * b)
+    floor = 1 + t_teacher / t_plain
+    return {"arm": "cost", "student": args.student, "plain_img_s": t_plain, "kd_u_img_s": t_kd_u,
+            "teacher_img_s": t_teacher, "ratio": t_kd_u / t_plain, "floor": floor}  # fmt: skip
+
+
+def print_cost(rows: list[dict]) -> None:
+    for r in rows:
+        print(
+            f"\nEpoch cost, {r['split']}, {r['student']} ({r['date'][:10]}, last of {r['epochs']} epochs, imgsz "
+            f"{r['imgsz']}): kd_u {1e3 * r['kd_u_img_s']:.0f} ms per image, {r['ratio']:.2f}x a plain epoch over L + "
+            f"U ({1e3 * r['plain_img_s']:.0f} ms); floor {r['floor']:.2f}x (the teacher's forward, "
+            f"{1e3 * r['teacher_img_s']:.0f} ms per image); {r['ratio'] / r['floor']:.2f}x its floor"
+        )
+
+
 def print_table(args) -> None:
     """Per (split, student, epochs, start): each arm's mean, per-seed values, paired differences to plain/kd/pseudo."""
     rows = read_rows(args.out)
+    print_cost([r for r in rows if r["arm"] == "cost"])
+    rows = [r for r in rows if r["arm"] != "cost"]
     latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r.get("start"), r["arm"], r["seed"]): r for r in rows}
     settings = sorted({k[:5] for k in latest if k[5] != "teacher"}, key=str)
     for setting in settings:
@@ -397,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
         label_quality(args)
     elif args.cmd == "teacher":
         train_teacher(args)
+    elif args.cmd == "cost":
+        append(args, epoch_cost(args))
     else:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
         known = {*ARMS, "plain" + MATCHED, "kd" + MATCHED}

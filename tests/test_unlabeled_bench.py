@@ -66,3 +66,17 @@ def test_pseudo_labels_match_real_boxes_one_to_one_by_class_and_iou(tmp_path):
     shifted = tmp_path / "shifted.txt"
     shifted.write_text("0 0.35 0.25 0.2 0.2\n")  # IoU 1/3 with the first real box: below 0.5
     assert bench.matched(bench._boxes(shifted), bench._boxes(real)) == 0
+
+
+def test_cost_rows_print_their_ratio_to_the_floor_and_stay_out_of_the_arms(tmp_path, capsys):
+    """A cost row (kd_u 90 ms per image, plain 50, teacher 25: 1.80x plain, floor 1.50x) prints as one line, 1.20x its
+    floor, and opens no table of its own."""
+    cost = {"arm": "cost", "student": "s.yaml", "plain_img_s": 0.05, "kd_u_img_s": 0.09, "teacher_img_s": 0.025}
+    cost |= {"ratio": 1.8, "floor": 1.5, "split": "x", "seed": 0, "epochs": 2, "imgsz": 160, "date": "2026-12-07T12:00"}
+    plain = {"arm": "plain", "student": "s.yaml", "seed": 0, "epochs": 40, "imgsz": 320, "split": "x", "test_map": 0.3}
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps(cost) + "\n" + json.dumps(plain))
+    bench.print_table(SimpleNamespace(out=str(out)))
+    text = capsys.readouterr().out
+    assert "kd_u 90 ms per image, 1.80x a plain epoch" in text and "floor 1.50x" in text and "1.20x its floor" in text
+    assert "s.yaml, 2 epochs" not in text and text.count("### ") == 1  # no table for the cost row's setting
