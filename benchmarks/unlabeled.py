@@ -355,6 +355,7 @@ def epoch_cost(args) -> dict:
     import torch
     from ultralytics import YOLO
     from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.torch_utils import select_device
 
     from ultralytics_kd import KDTrainer
     from ultralytics_kd.deploy.measure import time_call
@@ -380,9 +381,11 @@ def epoch_cost(args) -> dict:
     base, b = split_dir(args), args.batch
     t_plain = per_image(DetectionTrainer, Path(args.data), 2 * b)
     t_kd_u = per_image(KDTrainer, base / "data_L.yaml", b, teacher=teacher_path(args), unlabeled=str(base / "U/images"))
-    teacher = FrozenTeacher(load_teacher(teacher_path(args)))
-    img = torch.rand(2 * b, 3, args.imgsz, args.imgsz)
-    t_teacher = time_call(lambda _: teacher(img), None, warmup=1, reps=10).median / 1e3 / (2 * b)
+    device = select_device(args.device, verbose=False)  # where the two trainings ran
+    teacher = FrozenTeacher(load_teacher(teacher_path(args))).to(device)
+    img = torch.rand(2 * b, 3, args.imgsz, args.imgsz, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    t_teacher = time_call(lambda _: teacher(img), None, warmup=1, reps=10, sync=sync).median / 1e3 / (2 * b)
     floor = 1 + t_teacher / t_plain
     return {"arm": "cost", "student": args.student, "plain_img_s": t_plain, "kd_u_img_s": t_kd_u,
             "teacher_img_s": t_teacher, "ratio": t_kd_u / t_plain, "floor": floor}  # fmt: skip
