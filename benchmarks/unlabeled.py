@@ -45,6 +45,7 @@ from kd_gain import ROOT, paired_difference  # noqa: E402
 
 ARMS = ("plain", "kd", "pseudo", "kd_u", "ceiling")
 MATCHED = "@steps"  # plain@steps, kd@steps: at kd_u's optimizer-step count
+TEACHER_FREE = {"plain", "plain" + MATCHED, "ceiling"}  # arms no teacher takes part in: shared by every teacher
 IMG_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=str(ROOT / "datasets" / "unlabeled"), help="where splits are written (links)")
     p.add_argument("--teacher", default="", help="teacher .pt (default: the split's teacher from the teacher step)")
     p.add_argument("--teacher-model", default="yolov9s.yaml")
+    p.add_argument(
+        "--teacher-tag", default="", help="another teacher of the split: its run is teacher-<split>-<tag>; rows made "
+        "with it record the tag and form their own table, with the teacher-free arms (plain, ceiling) shared"
+    )  # fmt: skip
+    p.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher: extra training settings")
     p.add_argument("--student", default="yolov9t.yaml")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--confs", default="0.1,0.25,0.5", help="pseudo: the teacher's predict conf values to choose from")
@@ -121,8 +127,13 @@ def train_args(args, name: str) -> dict:
     )  # fmt: skip
 
 
+def teacher_name(args) -> str:
+    """The teacher's run name: teacher-<split>, or teacher-<split>-<tag> for another teacher of the split."""
+    return f"teacher-{split_dir(args).name}" + (f"-{args.teacher_tag}" if args.teacher_tag else "")
+
+
 def teacher_path(args) -> str:
-    return args.teacher or str(Path(args.project) / f"teacher-{split_dir(args).name}" / "weights" / "best.pt")
+    return args.teacher or str(Path(args.project) / teacher_name(args) / "weights" / "best.pt")
 
 
 def train_teacher(args) -> None:
@@ -130,14 +141,18 @@ def train_teacher(args) -> None:
     from ultralytics import YOLO
 
     data_l = split_dir(args) / "data_L.yaml"
-    last = Path(args.project) / f"teacher-{split_dir(args).name}" / "weights" / "last.pt"
+    last = Path(args.project) / teacher_name(args) / "weights" / "last.pt"
     if args.resume and last.is_file():  # a teacher run that was stopped goes on from its last epoch
         model = YOLO(last)
         model.train(resume=True, workers=args.workers)
     else:
+        from ultralytics.cfg import smart_value
+
+        extra = {k: smart_value(v) for k, v in (x.split("=", 1) for x in args.teacher_set)}
         model = YOLO(args.teacher_model)
-        model.train(data=str(data_l), **{**train_args(args, f"teacher-{split_dir(args).name}"), "seed": 0})
+        model.train(data=str(data_l), **{**train_args(args, teacher_name(args)), "seed": 0, **extra})
     row = {"arm": "teacher", "student": args.teacher_model, **score(model.trainer.best, data_l, args)}
+    row.update({"set": args.teacher_set} if args.teacher_set else {})
     append(args, row, model.trainer)
 
 
@@ -272,9 +287,9 @@ def run_arm(args, arm: str) -> dict:
 def pseudo_candidate(args, conf: str, stamp: str) -> dict:
     """The pseudo arm's run at one conf: the row already in --out at this setting and seed, else a new run (kept)."""
     arm = f"pseudo{conf}"
-    key = (split_dir(args).name, args.student, args.epochs, args.imgsz, args.seed)
+    key = (split_dir(args).name, args.student, args.epochs, args.imgsz, args.seed, args.teacher_tag or None)
     for r in read_rows(args.out):
-        if r["arm"] == arm and (r["split"], r["student"], r["epochs"], r["imgsz"], r["seed"]) == key:
+        if r["arm"] == arm and (r["split"], r["student"], r["epochs"], r["imgsz"], r["seed"], r.get("teacher")) == key:
             return r
     row = run_one(args, arm, pseudo_set(args, float(conf)), stamp)
     append(args, row)
@@ -337,6 +352,7 @@ def read_rows(out: str) -> list[dict]:
 def append(args, row: dict, trainer=None) -> None:
     row = {
         **row, **({"start": args.continue_from} if args.continue_from else {}), "split": split_dir(args).name,
+        **({"teacher": args.teacher_tag} if args.teacher_tag and row["arm"] not in TEACHER_FREE else {}),
         "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz,
         "date": datetime.now().isoformat(timespec="seconds"),
     }  # fmt: skip
@@ -402,17 +418,24 @@ def print_cost(rows: list[dict]) -> None:
 
 
 def print_table(args) -> None:
-    """Per (split, student, epochs, start): each arm's mean, per-seed values, paired differences to plain/kd/pseudo."""
+    """Per (split, student, epochs, start, teacher): each arm's mean, per-seed values, paired differences to
+    plain/kd/pseudo. Another teacher of the split (``--teacher-tag``) gets its own table, which takes the teacher-free
+    arms (plain, ceiling) from the split's own teacher's."""
     rows = read_rows(args.out)
     print_cost([r for r in rows if r["arm"] == "cost"])
     rows = [r for r in rows if r["arm"] != "cost"]
-    latest = {(r["split"], r["student"], r["epochs"], r["imgsz"], r.get("start"), r["arm"], r["seed"]): r for r in rows}
-    settings = sorted({k[:5] for k in latest if k[5] != "teacher"}, key=str)
+    latest = {
+        (r["split"], r["student"], r["epochs"], r["imgsz"], r.get("start"), r.get("teacher"), r["arm"], r["seed"]): r
+        for r in rows
+    }
+    settings = sorted({k[:6] for k in latest if k[6] != "teacher"}, key=lambda k: (str(k[:5]), k[5] or ""))
     for setting in settings:
-        names = [*ARMS, *sorted({k[5] for k in latest if k[:5] == setting and k[5] not in ARMS and k[5] != "teacher"})]
-        arms = {a: [r for k, r in latest.items() if k[:5] == setting and k[5] == a] for a in names}
+        names = [*ARMS, *sorted({k[6] for k in latest if k[:6] == setting and k[6] not in ARMS and k[6] != "teacher"})]
+        own = {a: (*setting[:5], None) if a in TEACHER_FREE else setting for a in names}  # plain: any teacher's
+        arms = {a: [r for k, r in latest.items() if k[:6] == own[a] and k[6] == a] for a in names}
         start = f", from each seed's {setting[4]} best.pt" if setting[4] else ""
-        print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs{start}, imgsz {setting[3]}")
+        teacher = f", teacher {setting[5]}" if setting[5] else ""
+        print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs{start}, imgsz {setting[3]}{teacher}")
         print("| arm | seeds | test mAP50-95 | by seed | vs plain | vs kd | vs pseudo | share of plain->ceiling |")
         print("|---|---|---|---|---|---|---|---|")
         ceiling = arms["ceiling"]

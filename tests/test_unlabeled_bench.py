@@ -80,3 +80,25 @@ def test_cost_rows_print_their_ratio_to_the_floor_and_stay_out_of_the_arms(tmp_p
     text = capsys.readouterr().out
     assert "kd_u 90 ms per image, 1.80x a plain epoch" in text and "floor 1.50x" in text and "1.20x its floor" in text
     assert "s.yaml, 2 epochs" not in text and text.count("### ") == 1  # no table for the cost row's setting
+
+
+def test_another_teacher_gets_its_own_table_sharing_the_teacher_free_arms(tmp_path, capsys):
+    """kd_u rows made with a second teacher of the split (tag 'long') form their own table; plain and ceiling, which no
+    teacher takes part in, are the split's own rows there too, while kd_u and kd@steps are that teacher's alone."""
+    base = {"student": "s.yaml", "epochs": 40, "imgsz": 320, "split": "x"}
+    own = [("plain", 0.30, 0.32), ("ceiling", 0.40, 0.42), ("kd_u", 0.36, 0.38), ("kd@steps", 0.35, 0.35)]
+    long = [("kd_u", 0.39, 0.41), ("kd@steps", 0.37, 0.37)]
+    rows = [{**base, "arm": a, "seed": s, "test_map": v} for a, *vs in own for s, v in enumerate(vs)]
+    tagged = {**base, "teacher": "long"}
+    rows += [{**tagged, "arm": a, "seed": s, "test_map": v} for a, *vs in long for s, v in enumerate(vs)]
+    out = tmp_path / "r.jsonl"
+    out.write_text("\n".join(json.dumps(r) for r in rows))
+    bench.print_table(SimpleNamespace(out=str(out)))
+    text = capsys.readouterr().out
+    own_table, _, long_table = text.partition(", teacher long")
+    assert text.count("### ") == 2 and "| kd_u | 2 | 0.370 |" in own_table
+    kd_u = next(x for x in long_table.splitlines() if x.startswith("| kd_u"))
+    assert kd_u.startswith("| kd_u | 2 | 0.400 |") and "+9.0 [" in kd_u
+    assert "+3.0 [" in kd_u  # against its own kd@steps (0.37), not the split teacher's (0.35)
+    assert kd_u.rstrip().endswith("90 % |")  # (0.40 - 0.31) / (0.41 - 0.31): the shared plain and ceiling
+    assert "| plain | 2 | 0.310 |" in long_table
