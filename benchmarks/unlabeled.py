@@ -21,6 +21,8 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
 
     python benchmarks/unlabeled.py split --data ../shared/data/bccd/data.yaml --every 4
     python benchmarks/unlabeled.py teacher --every 4 --epochs 100 --threads 2     # YOLOv9-s on L only (--resume: go on)
+    python benchmarks/unlabeled.py teacher --teacher-tag nbs16 --teacher-set nbs=16   # another teacher of the split;
+    python benchmarks/unlabeled.py run --arms kd_u --teacher-tag nbs16 --seed 0        # its rows: their own table
     python benchmarks/unlabeled.py run --arms plain,kd,kd_u --student yolov9t.yaml --seed 0 --threads 1
     python benchmarks/unlabeled.py table
     python benchmarks/unlabeled.py labels --confs 0.1,0.25,0.5   # the teacher's pseudo-labels on U against U's labels
