@@ -432,8 +432,10 @@ def print_table(args) -> None:
     }
     settings = sorted({k[:6] for k in latest if k[6] != "teacher"}, key=lambda k: (str(k[:5]), k[5] or ""))
     for setting in settings:
-        names = [*ARMS, *sorted({k[6] for k in latest if k[:6] == setting and k[6] not in ARMS and k[6] != "teacher"})]
-        own = {a: (*setting[:5], None) if a in TEACHER_FREE else setting for a in names}  # plain: any teacher's
+        shared = (*setting[:5], None)  # the split's own teacher's setting: its teacher-free arms serve every teacher
+        here = {k[6] for k in latest if k[:6] == setting or k[:6] == shared and k[6] in TEACHER_FREE}
+        names = [*ARMS, *sorted(here - {*ARMS, "teacher"})]
+        own = {a: shared if a in TEACHER_FREE else setting for a in names}
         arms = {a: [r for k, r in latest.items() if k[:6] == own[a] and k[6] == a] for a in names}
         start = f", from each seed's {setting[4]} best.pt" if setting[4] else ""
         teacher = f", teacher {setting[5]}" if setting[5] else ""

@@ -83,10 +83,12 @@ def test_cost_rows_print_their_ratio_to_the_floor_and_stay_out_of_the_arms(tmp_p
 
 
 def test_another_teacher_gets_its_own_table_sharing_the_teacher_free_arms(tmp_path, capsys):
-    """kd_u rows made with a second teacher of the split (tag 'long') form their own table; plain and ceiling, which no
-    teacher takes part in, are the split's own rows there too, while kd_u and kd@steps are that teacher's alone."""
+    """kd_u rows made with a second teacher of the split (tag 'long') form their own table; plain, plain@steps and
+    ceiling, which no teacher takes part in, are the split's own rows there too, while kd_u and kd@steps are that
+    teacher's alone."""
     base = {"student": "s.yaml", "epochs": 40, "imgsz": 320, "split": "x"}
-    own = [("plain", 0.30, 0.32), ("ceiling", 0.40, 0.42), ("kd_u", 0.36, 0.38), ("kd@steps", 0.35, 0.35)]
+    own = [("plain", 0.20, 0.22), ("plain@steps", 0.30, 0.32), ("ceiling", 0.40, 0.42), ("kd_u", 0.36, 0.38)]
+    own += [("kd@steps", 0.35, 0.35)]
     long = [("kd_u", 0.39, 0.41), ("kd@steps", 0.37, 0.37)]
     rows = [{**base, "arm": a, "seed": s, "test_map": v} for a, *vs in own for s, v in enumerate(vs)]
     tagged = {**base, "teacher": "long"}
@@ -98,7 +100,7 @@ def test_another_teacher_gets_its_own_table_sharing_the_teacher_free_arms(tmp_pa
     own_table, _, long_table = text.partition(", teacher long")
     assert text.count("### ") == 2 and "| kd_u | 2 | 0.370 |" in own_table
     kd_u = next(x for x in long_table.splitlines() if x.startswith("| kd_u"))
-    assert kd_u.startswith("| kd_u | 2 | 0.400 |") and "+9.0 [" in kd_u
+    assert kd_u.startswith("| kd_u | 2 | 0.400 |") and "+9.0 [" in kd_u  # against plain@steps
     assert "+3.0 [" in kd_u  # against its own kd@steps (0.37), not the split teacher's (0.35)
     assert kd_u.rstrip().endswith("90 % |")  # (0.40 - 0.31) / (0.41 - 0.31): the shared plain and ceiling
-    assert "| plain | 2 | 0.310 |" in long_table
+    assert "| plain@steps | 2 | 0.310 |" in long_table and "| plain | 2 | 0.210 |" in long_table
