@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-model", default="yolov9s.yaml")
     p.add_argument(
         "--teacher-tag", default="", help="another teacher of the split: its run is teacher-<split>-<tag>; rows made "
-        "with it record the tag and form their own table, with the teacher-free arms (plain, ceiling) shared"
+        "with it record the tag and form their own table, sharing the teacher-free arms (plain, plain@steps, ceiling)"
     )  # fmt: skip
     p.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE", help="teacher: extra training settings")
     p.add_argument("--student", default="yolov9t.yaml")
@@ -129,6 +129,13 @@ def train_args(args, name: str) -> dict:
     )  # fmt: skip
 
 
+def settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs of the command line as training arguments, valued as Ultralytics values them."""
+    from ultralytics.cfg import smart_value
+
+    return {k: smart_value(v) for k, v in (x.split("=", 1) for x in pairs)}
+
+
 def teacher_name(args) -> str:
     """The teacher's run name: teacher-<split>, or teacher-<split>-<tag> for another teacher of the split."""
     return f"teacher-{split_dir(args).name}" + (f"-{args.teacher_tag}" if args.teacher_tag else "")
@@ -148,10 +155,8 @@ def train_teacher(args) -> None:
         model = YOLO(last)
         model.train(resume=True, workers=args.workers)
     else:
-        from ultralytics.cfg import smart_value
-
-        extra = {k: smart_value(v) for k, v in (x.split("=", 1) for x in args.teacher_set)}
         model = YOLO(args.teacher_model)
+        extra = settings(args.teacher_set)
         model.train(data=str(data_l), **{**train_args(args, teacher_name(args)), "seed": 0, **extra})
     row = {"arm": "teacher", "student": args.teacher_model, **score(model.trainer.best, data_l, args)}
     row.update({"set": args.teacher_set} if args.teacher_set else {})
@@ -254,9 +259,6 @@ def label_quality(args) -> None:
 
 def run_arm(args, arm: str) -> dict:
     """Train one arm at this seed; return its row (the pseudo arm: the best-val conf among --confs)."""
-
-    from ultralytics.cfg import smart_value
-
     from ultralytics_kd import KDTrainer
 
     base, stamp = split_dir(args), datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -279,9 +281,7 @@ def run_arm(args, arm: str) -> dict:
         kw["unlabeled"] = str(base / "U/images")
         if ":" in arm:
             kw["kd_unlabeled_terms"] = arm.partition(":")[2]
-    for pair in args.kd:
-        k, v = pair.split("=", 1)
-        kw[k] = smart_value(v)
+    kw.update(settings(args.kd))
     label = arm + (MATCHED if kw_m else "") + (f" [{' '.join(args.kd)}]" if args.kd else "")  # variants: apart
     return run_one(args, label, data_l, stamp, **kw)
 
@@ -422,7 +422,7 @@ def print_cost(rows: list[dict]) -> None:
 def print_table(args) -> None:
     """Per (split, student, epochs, start, teacher): each arm's mean, per-seed values, paired differences to
     plain/kd/pseudo. Another teacher of the split (``--teacher-tag``) gets its own table, which takes the teacher-free
-    arms (plain, ceiling) from the split's own teacher's."""
+    arms (plain, plain@steps, ceiling) from the split's own teacher's."""
     rows = read_rows(args.out)
     print_cost([r for r in rows if r["arm"] == "cost"])
     rows = [r for r in rows if r["arm"] != "cost"]
