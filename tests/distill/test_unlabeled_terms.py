@@ -9,6 +9,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import v8DetectionLoss
 
+from ultralytics_kd.distill import settings
 from ultralytics_kd.distill.connectors import build_connectors
 from ultralytics_kd.distill.criterion import KDBatch, KDDetectionLoss, teacher_boxes
 from ultralytics_kd.distill.losses import ClassBCE, ClassKL, FeatureMSE, LocalizationDistill
@@ -253,3 +254,18 @@ def test_bad_settings_name_the_allowed_values(args, match):
         check_kd_args(args)
     check_kd_args({"kd_unlabeled_terms": "dense+pseudo", "kd_pseudo_conf": 0.25, "kd_pseudo_from": "best"})
     check_kd_args({"kd_pseudo_conf": "auto"})
+
+
+@pytest.mark.parametrize("terms", ["dense", "recipe", None])
+def test_a_pseudo_option_without_pseudo_labels_is_refused(terms, monkeypatch):
+    """kd_pseudo_* settings do nothing where the terms take no pseudo-labels: refused with the fix, the default
+    terms (None) named as such; with pseudo-labels they pass."""
+    monkeypatch.setattr(settings, "DEFAULT_UNLABELED_TERMS", "dense")
+    for option in ({"kd_pseudo_conf": "auto"}, {"kd_pseudo_low": 0.1}, {"kd_pseudo_from": "best"}):
+        key = next(iter(option))
+        default = r" \(the default\)" if terms is None else ""
+        fix = rf"kd_unlabeled_terms={terms or 'dense'}{default} takes none: add "
+        with pytest.raises(ValueError, match=rf"{key}=.*sets the pseudo-labels.*{fix}kd_unlabeled_terms=pseudo"):
+            check_kd_args({"kd_unlabeled_terms": terms, **option})
+        check_kd_args({"kd_unlabeled_terms": "pseudo", **option})
+        check_kd_args({"kd_unlabeled_terms": "dense+pseudo", **option})

@@ -13,7 +13,7 @@ from typing import Any
 from ultralytics.utils import YAML
 
 from ultralytics_kd.distill.recipes import _expand_weights, get_recipe
-from ultralytics_kd.distill.unlabeled_terms import PSEUDO_FROM, UNLABELED_TERMS
+from ultralytics_kd.distill.unlabeled_terms import DEFAULT_UNLABELED_TERMS, PSEUDO_FROM, UNLABELED_TERMS
 
 __all__ = [
     "INIT_MODES",
@@ -103,6 +103,7 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
             f"kd_unlabeled_terms={ut!r} must be one of {list(UNLABELED_TERMS)} (what unlabelled images learn), e.g. "
             f"kd_unlabeled_terms=dense"
         )
+    _check_pseudo_options(args)
     u = args["unlabeled"]
     if u is not None and not (isinstance(u, (str, Path)) or isinstance(u, (list, tuple)) and u):
         raise ValueError(f"unlabeled={u!r} must be a folder, a .txt list of images, or a list of these")
@@ -134,6 +135,22 @@ def check_kd_args(args: Mapping[str, Any]) -> None:
     for key in ("teacher", "kd_teacher_weights"):
         if args[key] is not None and not isinstance(args[key], (str, Path)):
             raise ValueError(f"{key}={args[key]!r} must be a file path")
+
+
+def _check_pseudo_options(args: Mapping[str, Any]) -> None:
+    """Refuse a pseudo-label option that would do nothing: the chosen ``kd_unlabeled_terms`` takes no pseudo-labels."""
+    terms = args["kd_unlabeled_terms"] or DEFAULT_UNLABELED_TERMS
+    if "pseudo" in terms.split("+"):
+        return
+    given = [
+        f"{k}={args[k]}" for k in ("kd_pseudo_conf", "kd_pseudo_low", "kd_pseudo_from") if args[k] != KD_DEFAULTS[k]
+    ]
+    if given:
+        which = "" if args["kd_unlabeled_terms"] else " (the default)"
+        raise ValueError(
+            f"{', '.join(given)} sets the pseudo-labels of unlabelled images, but kd_unlabeled_terms={terms}{which} "
+            f"takes none: add kd_unlabeled_terms=pseudo (or dense+pseudo), or drop {' '.join(given)}"
+        )
 
 
 def check_before_setup(given: Mapping[str, Any]) -> None:
