@@ -253,7 +253,7 @@ def test_bad_settings_name_the_allowed_values(args, match):
     with pytest.raises(ValueError, match=match):
         check_kd_args(args)
     check_kd_args({"kd_unlabeled_terms": "dense+pseudo", "kd_pseudo_conf": 0.25, "kd_pseudo_from": "best"})
-    check_kd_args({"kd_pseudo_conf": "auto"})
+    check_kd_args({"kd_unlabeled_terms": "pseudo", "kd_pseudo_conf": "auto"})
 
 
 @pytest.mark.parametrize("terms", ["dense", "recipe", None])

@@ -216,8 +216,8 @@ def test_two_rank_ddp_takes_rank_zeros_labeller(data_yaml, teacher_pt, tiny, tmp
     rank 1's own score is below its teacher, and train in sync."""
     _launch(
         monkeypatch, "yolov8n.yaml", trainer=CpuDDPLabelled, teacher=str(teacher_pt), data=str(data_yaml),
-        kd_init="none", epochs=2, unlabeled=str(_unlabelled(data_yaml, tmp_path / "u")), kd_pseudo_from="best",
-        kd_unlabeled_sweep=False, project=str(tmp_path), name="ddp", **tiny,
+        kd_init="none", epochs=2, unlabeled=str(_unlabelled(data_yaml, tmp_path / "u")), kd_unlabeled_terms="pseudo",
+        kd_pseudo_from="best", kd_unlabeled_sweep=False, project=str(tmp_path), name="ddp", **tiny,
     )  # fmt: skip
     run = tmp_path / "ddp"
     assert [torch.load(run / f"labeller{r}.pt")["epoch"] for r in (0, 1)] == [2, 2]

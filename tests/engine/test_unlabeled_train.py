@@ -186,8 +186,8 @@ def test_the_students_ema_labels_once_above_the_teacher(data_yaml, teacher_pt, t
     model = YOLO("yolov8n.yaml")
     model.train(
         trainer=Above, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
-        kd_pseudo_from="best", kd_teacher_check=False, kd_unlabeled_sweep=False, epochs=2, project=str(tmp_path),
-        name="best", **tiny,
+        kd_unlabeled_terms="pseudo", kd_pseudo_from="best", kd_teacher_check=False, kd_unlabeled_sweep=False,
+        epochs=2, project=str(tmp_path), name="best", **tiny,
     )  # fmt: skip
     labeller = model.trainer.kd_labeller
     assert {e for e, *_ in Above.pseudo} == {0, 1} and labeller.epoch == 2
@@ -248,8 +248,8 @@ def test_auto_conf_is_the_teachers_max_f1_confidence_on_val(data_yaml, teacher_p
     model = YOLO("yolov8n.yaml")
     model.train(
         trainer=KDTrainer, teacher=str(teacher_pt), data=str(data_yaml), unlabeled=str(tmp_path / "u"),
-        kd_pseudo_conf="auto", kd_pseudo_low=0.05, kd_unlabeled_sweep=False, epochs=1, val=False,
-        project=str(tmp_path), name="auto", **tiny,
+        kd_unlabeled_terms="pseudo", kd_pseudo_conf="auto", kd_pseudo_low=0.05, kd_unlabeled_sweep=False, epochs=1,
+        val=False, project=str(tmp_path), name="auto", **tiny,
     )  # fmt: skip
     trainer = model.trainer
     measured = trainer.kd_teacher_metrics["max_f1_conf"]
