@@ -458,6 +458,9 @@ def print_table(args) -> None:
                 gap = _mean(ceiling) - _mean(ref["plain"])
                 share = f"{100 * (m - _mean(ref['plain'])) / gap:.0f} %" if gap else ""
             print(f"| {arm} | {len(rs)} | {m:.3f} | {by} | " + " | ".join(diffs) + f" | {share} |")
+        for arm, rs in arms.items():  # what unlabelled images learn: each choice against kd_u (pseudo), paired
+            if arm.startswith("kd_u:") and "[" not in arm and rs and arms["kd_u"]:
+                print(f"\n{arm} - kd_u (pseudo), test mAP50-95: {paired_difference(rs, arms['kd_u'])}")
 
 
 def _mean(rows: list[dict]) -> float:
