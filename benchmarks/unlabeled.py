@@ -9,9 +9,9 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
     pseudo    the stock baseline: the teacher labels U with stock predict(save_txt=True, conf=c) for c in --confs,
               the student trains plainly on L + those labels; the conf with the best val mAP is the arm's figure
               (each conf's run is kept as a row 'pseudo<c>' and reused at the same setting and seed)
-    kd_u      the default distillation on L with unlabeled=U (the plugin's path) and kd_unlabeled_terms=pseudo
-              (the plugin's default up to session 22, so every 'kd_u' row means the same); kd_u:CHOICE sets
-              kd_unlabeled_terms=CHOICE (dense, pseudo, dense+pseudo, recipe), e.g. kd_u:dense
+    kd_u      the default distillation on L with unlabeled=U (the plugin's path) and kd_unlabeled_terms=pseudo, the
+              plugin's default, set here so that every 'kd_u' row means the same should the default change;
+              kd_u:CHOICE sets kd_unlabeled_terms=CHOICE (dense, pseudo, dense+pseudo, recipe), e.g. kd_u:dense
     ceiling   the student on L + U with U's real labels (the dataset's whole train split)
     plain@steps, kd@steps   plain and kd at kd_u's optimizer-step count: kd_u's epochs sweep U (the labelled images
               repeat within them), so it takes about |U|/|L| times as many batches per epoch (10 against 4 at k=4,
@@ -280,7 +280,7 @@ def run_arm(args, arm: str) -> dict:
     kw = {"trainer": KDTrainer, "teacher": teacher_path(args), **kw_m}
     if arm.startswith("kd_u"):
         kw["unlabeled"] = str(base / "U/images")
-        kw["kd_unlabeled_terms"] = arm.partition(":")[2] or "pseudo"  # bare kd_u: the rows' meaning since session 17
+        kw["kd_unlabeled_terms"] = arm.partition(":")[2] or "pseudo"  # bare kd_u: what its rows ran, sessions 17-23
     kw.update(settings(args.kd))
     label = arm + (MATCHED if kw_m else "") + (f" [{' '.join(args.kd)}]" if args.kd else "")  # variants: apart
     return run_one(args, label, data_l, stamp, **kw)
