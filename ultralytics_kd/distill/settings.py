@@ -147,8 +147,9 @@ def _check_pseudo_options(args: Mapping[str, Any]) -> None:
     ]
     if given:
         which = "" if args["kd_unlabeled_terms"] else " (the default)"
+        verb = "sets" if len(given) == 1 else "set"
         raise ValueError(
-            f"{', '.join(given)} sets the pseudo-labels of unlabelled images, but kd_unlabeled_terms={terms}{which} "
+            f"{', '.join(given)} {verb} the pseudo-labels of unlabelled images, but kd_unlabeled_terms={terms}{which} "
             f"takes none: add kd_unlabeled_terms=pseudo (or dense+pseudo), or drop {' '.join(given)}"
         )
 
