@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--continue-from", default="", metavar="ARM:EPOCHS", help="start from that run's best.pt, e.g. plain:40"
     )
     p.add_argument("--kd", nargs="*", default=[], metavar="KEY=VALUE", help="extra kd_* settings for kd and kd_u arms")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="stock training settings of every arm in the run (e.g. a continuation's lr0); their rows: a table apart",
+    )  # fmt: skip
     return p
 
 
@@ -289,9 +293,10 @@ def run_arm(args, arm: str) -> dict:
 def pseudo_candidate(args, conf: str, stamp: str) -> dict:
     """The pseudo arm's run at one conf: the row already in --out at this setting and seed, else a new run (kept)."""
     arm = f"pseudo{conf}"
-    key = (split_dir(args).name, args.student, args.epochs, args.imgsz, args.seed, args.teacher_tag or None)
+    key = (split_dir(args).name, args.student, args.epochs, args.imgsz, args.seed, args.teacher_tag or None, args.set)
     for r in read_rows(args.out):
-        if r["arm"] == arm and (r["split"], r["student"], r["epochs"], r["imgsz"], r["seed"], r.get("teacher")) == key:
+        here = (r["split"], r["student"], r["epochs"], r["imgsz"], r["seed"], r.get("teacher"), r.get("train_set", []))
+        if r["arm"] == arm and here == key:
             return r
     row = run_one(args, arm, pseudo_set(args, float(conf)), stamp)
     append(args, row)
@@ -314,7 +319,7 @@ def run_one(args, arm: str, data: Path, stamp: str, **kw) -> dict:
     t0 = time.perf_counter()
     tag = arm.replace(":", "-").replace(" [", "-").replace("]", "").replace(" ", "-").replace("=", "")
     name = f"{tag}-{Path(args.student).stem}-s{args.seed}-{stamp}"
-    model.train(data=str(data), **{**train_args(args, name), **kw})
+    model.train(data=str(data), **{**train_args(args, name), **settings(args.set), **kw})
     trainer = model.trainer
     steps = trainer.epochs * math.ceil(len(trainer.train_loader.dataset) / trainer.batch_size)
     row = {"arm": arm, "student": args.student, "steps": steps, "wall_s": time.perf_counter() - t0}
@@ -331,11 +336,12 @@ def start_weights(args) -> str | None:
         return None
     arm, _, epochs = args.continue_from.rpartition(":")
     rows = read_rows(args.out)
-    key = (arm, int(epochs), split_dir(args).name, args.student, args.seed, args.imgsz, None)
+    key = (arm, int(epochs), split_dir(args).name, args.student, args.seed, args.imgsz, None, None)
     match = [
         r
         for r in rows
-        if (r["arm"], r["epochs"], r["split"], r["student"], r["seed"], r["imgsz"], r.get("start")) == key
+        if (r["arm"], r["epochs"], r["split"], r["student"], r["seed"], r["imgsz"], r.get("start"), r.get("train_set"))
+        == key
     ]
     best = Path(match[-1]["save_dir"]) / "weights" / "best.pt" if match else None
     if best is None or not best.is_file():
@@ -354,6 +360,7 @@ def read_rows(out: str) -> list[dict]:
 def append(args, row: dict, trainer=None) -> None:
     row = {
         **row, **({"start": args.continue_from} if args.continue_from else {}), "split": split_dir(args).name,
+        **({"train_set": args.set} if args.set and row["arm"] != "teacher" else {}),
         **({"teacher": args.teacher_tag} if args.teacher_tag and row["arm"] not in TEACHER_FREE else {}),
         "seed": args.seed, "epochs": args.epochs, "imgsz": args.imgsz,
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -427,7 +434,7 @@ def print_table(args) -> None:
     print_cost([r for r in rows if r["arm"] == "cost"])
     rows = [r for r in rows if r["arm"] != "cost"]
     latest = {
-        (r["split"], r["student"], r["epochs"], r["imgsz"], r.get("start"), r.get("teacher"), r["arm"], r["seed"]): r
+        (r["split"], r["student"], r["epochs"], r["imgsz"], _start(r), r.get("teacher"), r["arm"], r["seed"]): r
         for r in rows
     }
     settings = sorted({k[:6] for k in latest if k[6] != "teacher"}, key=lambda k: (str(k[:5]), k[5] or ""))
@@ -437,7 +444,9 @@ def print_table(args) -> None:
         names = [*ARMS, *sorted(here - {*ARMS, "teacher"})]
         own = {a: shared if a in TEACHER_FREE else setting for a in names}
         arms = {a: [r for k, r in latest.items() if k[:6] == own[a] and k[6] == a] for a in names}
-        start = f", from each seed's {setting[4]} best.pt" if setting[4] else ""
+        head, _, changed = (setting[4] or "").partition("with ")
+        start = f", from each seed's {head.strip()} best.pt" if head else ""
+        start += f", with {changed}" if changed else ""
         teacher = f", teacher {setting[5]}" if setting[5] else ""
         print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs{start}, imgsz {setting[3]}{teacher}")
         print("| arm | seeds | test mAP50-95 | by seed | vs plain | vs kd | vs pseudo | share of plain->ceiling |")
@@ -461,6 +470,13 @@ def print_table(args) -> None:
         for arm, rs in arms.items():  # what unlabelled images learn: each choice against kd_u (pseudo), paired
             if arm.startswith("kd_u:") and "[" not in arm and rs and arms["kd_u"]:
                 print(f"\n{arm} - kd_u (pseudo), test mAP50-95: {paired_difference(rs, arms['kd_u'])}")
+
+
+def _start(row: dict) -> str | None:
+    """The start of a row's table: its --continue-from, with its --set (a changed schedule is a changed baseline)."""
+    parts = [row["start"]] if row.get("start") else []
+    parts += [f"with {' '.join(row['train_set'])}"] if row.get("train_set") else []
+    return " ".join(parts) or None
 
 
 def _mean(rows: list[dict]) -> float:

@@ -104,3 +104,24 @@ def test_another_teacher_gets_its_own_table_sharing_the_teacher_free_arms(tmp_pa
     assert "+3.0 [" in kd_u  # against its own kd@steps (0.37), not the split teacher's (0.35)
     assert kd_u.rstrip().endswith("90 % |")  # (0.40 - 0.31) / (0.41 - 0.31): the shared plain and ceiling
     assert "| plain@steps | 2 | 0.310 |" in long_table and "| plain | 2 | 0.210 |" in long_table
+
+
+def test_a_changed_schedule_gets_its_own_table_and_pairs_within_it(tmp_path, capsys):
+    """Continuations run with --set (stock settings in every arm, e.g. a lower lr0) are a changed baseline: their kd_u
+    pairs with the plain@steps of the same schedule, never with the stock-schedule rows of the same start."""
+    base = {"student": "s.yaml", "epochs": 20, "imgsz": 320, "split": "x", "start": "plain:40"}
+    stock = [("plain@steps", 0.40, 0.40), ("kd_u", 0.39, 0.41)]
+    low = [("plain@steps", 0.30, 0.32), ("kd_u", 0.35, 0.36)]
+    rows = [{**base, "arm": a, "seed": s, "test_map": v} for a, *vs in stock for s, v in enumerate(vs)]
+    changed = {**base, "train_set": ["lr0=0.0005", "warmup_epochs=0"]}
+    rows += [{**changed, "arm": a, "seed": s, "test_map": v} for a, *vs in low for s, v in enumerate(vs)]
+    out = tmp_path / "r.jsonl"
+    out.write_text("\n".join(json.dumps(r) for r in rows))
+    bench.print_table(SimpleNamespace(out=str(out)))
+    text = capsys.readouterr().out
+    tables = text.split("### ")[1:]
+    assert len(tables) == 2 and sum("from each seed's plain:40 best.pt, with lr0=0.0005" in t for t in tables) == 1
+    low_table, stock_table = sorted(tables, key=lambda t: "with lr0" not in t)
+    assert next(x for x in stock_table.splitlines() if x.startswith("| kd_u")).startswith("| kd_u | 2 | 0.400 | ")
+    kd_u = next(x for x in low_table.splitlines() if x.startswith("| kd_u"))
+    assert kd_u.startswith("| kd_u | 2 | 0.355 |") and "+4.5 [" in kd_u  # against its own plain@steps (0.31)
