@@ -19,12 +19,15 @@ Arms (test mAP50-95 of each run's best.pt; ``--seed`` for every arm alike):
               as the better (by mean) of their 40-epoch and step-matched runs, as issue #27 asks
 
 --kd KEY=VALUE sets kd_* keys of the kd and kd_u arms; such a run is a variant, listed apart as 'arm [KEY=VALUE]'.
+--set KEY=VALUE sets stock training keys of every arm in the run (a continuation's schedule, say); its rows form a table
+of their own, so that each arm pairs only with arms trained the same way.
 
     python benchmarks/unlabeled.py split --data ../shared/data/bccd/data.yaml --every 4
     python benchmarks/unlabeled.py teacher --every 4 --epochs 100 --threads 2     # YOLOv9-s on L only (--resume: go on)
     python benchmarks/unlabeled.py teacher --teacher-tag nbs16 --teacher-set nbs=16   # another teacher of the split;
     python benchmarks/unlabeled.py run --arms kd_u --teacher-tag nbs16 --seed 0        # its rows: their own table
     python benchmarks/unlabeled.py run --arms plain,kd,kd_u --student yolov9t.yaml --seed 0 --threads 1
+    python benchmarks/unlabeled.py run --arms plain --continue-from plain:40 --set lr0=2e-4 optimizer=AdamW
     python benchmarks/unlabeled.py table
     python benchmarks/unlabeled.py labels --confs 0.1,0.25,0.5   # the teacher's pseudo-labels on U against U's labels
     python benchmarks/unlabeled.py cost --epochs 2 --threads 1   # kd_u's time per image against its floor, one process
