@@ -447,9 +447,7 @@ def print_table(args) -> None:
         names = [*ARMS, *sorted(here - {*ARMS, "teacher"})]
         own = {a: shared if a in TEACHER_FREE else setting for a in names}
         arms = {a: [r for k, r in latest.items() if k[:6] == own[a] and k[6] == a] for a in names}
-        head, _, changed = (setting[4] or "").partition("with ")
-        start = f", from each seed's {head.strip()} best.pt" if head else ""
-        start += f", with {changed}" if changed else ""
+        start = f", {setting[4]}" if setting[4] else ""
         teacher = f", teacher {setting[5]}" if setting[5] else ""
         print(f"\n### {setting[0]}: {setting[1]}, {setting[2]} epochs{start}, imgsz {setting[3]}{teacher}")
         print("| arm | seeds | test mAP50-95 | by seed | vs plain | vs kd | vs pseudo | share of plain->ceiling |")
@@ -476,10 +474,11 @@ def print_table(args) -> None:
 
 
 def _start(row: dict) -> str | None:
-    """The start of a row's table: its --continue-from, with its --set (a changed schedule is a changed baseline)."""
-    parts = [row["start"]] if row.get("start") else []
+    """How a row's run started, as its table's title says it: its --continue-from and its --set (a changed schedule is a
+    changed baseline, so it names a table of its own)."""
+    parts = [f"from each seed's {row['start']} best.pt"] if row.get("start") else []
     parts += [f"with {' '.join(row['train_set'])}"] if row.get("train_set") else []
-    return " ".join(parts) or None
+    return ", ".join(parts) or None
 
 
 def _mean(rows: list[dict]) -> float:
